@@ -61,7 +61,7 @@ class Args:
     gae_lambda: float = 0.95
     """the lambda for the general advantage estimation"""
     num_minibatches: int = 4
-    """the number of mini-batches"""
+    """the number of mini-batches; each holds whole trajectory segments of num_envs / num_minibatches envs"""
     update_epochs: int = 4
     """the K epochs to update the policy"""
     norm_adv: bool = True
@@ -76,7 +76,7 @@ class Args:
     """the target KL divergence threshold"""
 
     # BLPO specific arguments
-    nested_updates: int = 1
+    nested_updates: int = 10
     """K: critic optimizer steps on each minibatch before the actor step"""
     hypergrad: bool = True
     """follow the hypergradient h = g - c; --no-hypergrad follows the direct gradient g"""
@@ -94,6 +94,8 @@ class Args:
     # to be filled in runtime
     batch_size: int = field(default=0, init=False)
     """the batch size (computed in runtime)"""
+    envs_per_minibatch: int = field(default=0, init=False)
+    """the number of env trajectory segments per mini-batch (computed in runtime)"""
     minibatch_size: int = field(default=0, init=False)
     """the mini-batch size (computed in runtime)"""
     num_iterations: int = field(default=0, init=False)
@@ -123,12 +125,13 @@ def check_args(args: Args) -> None:
     if not args.hypergrad_bound >= 0:
         fail(f"--hypergrad-bound must be non-negative, got {args.hypergrad_bound}")
     args.batch_size = args.num_envs * args.num_steps
-    if args.batch_size % args.num_minibatches:
+    if args.num_envs % args.num_minibatches:
         fail(
-            f"batch size {args.batch_size} (num-envs x num-steps) is not divisible by "
-            f"--num-minibatches {args.num_minibatches}; pick sizes that divide"
+            f"--num-envs {args.num_envs} is not divisible by --num-minibatches {args.num_minibatches}: each minibatch "
+            "holds whole env trajectory segments; pick sizes that divide"
         )
-    args.minibatch_size = args.batch_size // args.num_minibatches
+    args.envs_per_minibatch = args.num_envs // args.num_minibatches
+    args.minibatch_size = args.envs_per_minibatch * args.num_steps
     args.num_iterations = args.total_timesteps // args.batch_size
     if args.num_iterations < 1:
         fail(f"--total-timesteps {args.total_timesteps} is smaller than one batch of {args.batch_size} steps")
@@ -212,6 +215,9 @@ class Agent(nn.Module):
             action = probs.sample()
         return action, probs.log_prob(action), probs.entropy()
 
+    def actor_parameters(self):
+        return list(self.actor.parameters())
+
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
     """Generalized advantage estimation over a (num_steps, num_envs) rollout.
@@ -272,16 +278,23 @@ def critic_loss_fn(critic_fn, obs, returns):
     return lambda w: ((critic_fn(w, obs) - returns) ** 2).mean()
 
 
-def hessian_vector_product(loss_fn, w, u):
-    """H u with H the Hessian of loss_fn at w (forward-over-reverse)."""
-    return torch.func.jvp(torch.func.grad(loss_fn), (w,), (u,))[1]
+def make_hvp(loss_fn, w):
+    """u -> H u for the Hessian H of loss_fn at w, by double backward through one retained gradient graph.
+    u is one vector (d,) or a batch of them (k, d)."""
+    w = w.detach().requires_grad_()
+    (grad,) = torch.autograd.grad(loss_fn(w), w, create_graph=True)
+
+    def hvp(u):
+        return torch.autograd.grad(grad, w, grad_outputs=u, retain_graph=True, is_grads_batched=u.dim() == 2)[0]
+
+    return hvp
 
 
-def hessian_rows(loss_fn, w, coords):
-    """H[coords, :], the Hessian rows of the coordinates `coords`: one batched product with unit vectors."""
-    unit = torch.zeros(len(coords), w.numel(), dtype=w.dtype, device=w.device)
+def hessian_rows(hvp, coords, dim):
+    """H[coords, :]: H is symmetric, so row j is H e_j; one batched product with the unit vectors."""
+    unit = torch.zeros(len(coords), dim, device=coords.device)
     unit[torch.arange(len(coords)), coords] = 1.0
-    return torch.func.vmap(lambda u: hessian_vector_product(loss_fn, w, u))(unit)
+    return hvp(unit)
 
 
 def nystrom_ihvp(rows, coords, v, rho):
@@ -378,12 +391,12 @@ def hypergradient(g, v, ratio, actor_params, critic_fn, w, mb_obs, mb_returns, a
     g = grad_theta l and v = grad_w l are given; x ~ (H + rho I)^-1 v with H the Hessian of the critic's
     minibatch loss at w; c = (d^2 L / d theta d w) x; h = g - c with ||c|| <= beta ||g||.
     """
-    loss_fn = critic_loss_fn(critic_fn, mb_obs, mb_returns)
+    hvp = make_hvp(critic_loss_fn(critic_fn, mb_obs, mb_returns), w)
     if args.ihvp == "nystrom":
         coords = torch.randperm(w.numel(), generator=generator)[: args.nystrom_rank].to(w.device)
-        x = nystrom_ihvp(hessian_rows(loss_fn, w, coords), coords, v, args.nystrom_rho)
+        x = nystrom_ihvp(hessian_rows(hvp, coords, w.numel()), coords, v, args.nystrom_rho)
     else:
-        x = cg_ihvp(lambda u: hessian_vector_product(loss_fn, w, u), v, args.nystrom_rho, args.nystrom_rank)
+        x = cg_ihvp(hvp, v, args.nystrom_rho, args.nystrom_rank)
     values, u = torch.func.jvp(lambda w_: critic_fn(w_, mb_obs), (w,), (x,))
     c = mixed_term(ratio, mb_returns - values, u, actor_params)
     if args.flip_mixed_sign:
@@ -392,10 +405,9 @@ def hypergradient(g, v, ratio, actor_params, critic_fn, w, mb_obs, mb_returns, a
     return h, c, x, bound_active, fell_back
 
 
-def ihvp_residual(critic_fn, w, mb_obs, mb_returns, x, v, rho):
+def ihvp_residual(hvp, x, v, rho):
     """||(H + rho I) x - v|| / ||v||: how well x solves the regularized system (one extra Hessian-vector product)."""
-    hx = hessian_vector_product(critic_loss_fn(critic_fn, mb_obs, mb_returns), w, x)
-    return ((hx + rho * x - v).norm() / v.norm()).item()
+    return ((hvp(x) + rho * x - v).norm() / v.norm()).item()
 
 
 def save_model(path, agent):
@@ -438,7 +450,7 @@ if __name__ == "__main__":
 
     obs_dim = np.prod(envs.single_observation_space.shape)
     agent = Agent(obs_dim, envs.single_action_space.n).to(device)
-    actor_params = list(agent.actor.parameters())
+    actor_params = agent.actor_parameters()
     actor_optimizer = optim.Adam(actor_params, lr=args.actor_lr, eps=1e-5, fused=True)
     critic_optimizer = optim.Adam(agent.critic.parameters(), lr=args.critic_lr, eps=1e-5, fused=True)
     critic_fn = functional_critic(agent.critic)
@@ -474,9 +486,6 @@ if __name__ == "__main__":
     rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
     dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    # flat batch index i = step * num_envs + env, as in the reshape below
-    b_step = torch.arange(args.batch_size, device=device) // args.num_envs
-    b_env = torch.arange(args.batch_size, device=device) % args.num_envs
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -530,23 +539,17 @@ if __name__ == "__main__":
             )
             discount = gae_discount_matrix(dones, next_done, args.gamma, args.gae_lambda)
 
-        # flatten the batch
-        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
-        b_logprobs = logprobs.reshape(-1)
-        b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
-        b_returns = returns.reshape(-1)
-        b_values = values.reshape(-1)
-        all_obs = torch.cat([b_obs, next_obs])  # every state the advantages need: the rollout's and the bootstrap's
-
-        # 3. Update: update_epochs passes over minibatches, each a bilevel step (critic K times, then actor)
-        b_inds = np.arange(args.batch_size)
+        # 3. Update: update_epochs passes over minibatches, each a bilevel step (critic K times, then actor).
+        # A minibatch is whole trajectory segments of some envs, so A(w) is recomputed from their states alone.
+        env_inds = np.arange(args.num_envs)
         clipfracs = []
         for epoch in range(args.update_epochs):
-            np.random.shuffle(b_inds)
-            for start in range(0, args.batch_size, args.minibatch_size):
-                end = start + args.minibatch_size
-                mb_inds = b_inds[start:end]
-                mb_obs, mb_returns = b_obs[mb_inds], b_returns[mb_inds]
+            np.random.shuffle(env_inds)
+            for start in range(0, args.num_envs, args.envs_per_minibatch):
+                mb_envs = env_inds[start : start + args.envs_per_minibatch]
+                mb_obs = obs[:, mb_envs].reshape((-1,) + envs.single_observation_space.shape)
+                mb_returns = returns[:, mb_envs].reshape(-1)
+                mb_states = torch.cat([obs[:, mb_envs], next_obs[None, mb_envs]]).flatten(0, 1)  # + bootstrap states
 
                 # 3a. Nested critic: K optimizer steps on L(w) = mean (V_w(s) - G)^2, toward w*(theta)
                 for _ in range(args.nested_updates):
@@ -559,12 +562,19 @@ if __name__ == "__main__":
                 # 3b. Actor loss l(theta, w): clipped surrogate with A(w) from the current critic
                 w = flat(agent.critic.parameters()).detach().requires_grad_(args.hypergrad)
                 with torch.set_grad_enabled(args.hypergrad):
-                    all_values = critic_fn(w, all_obs).view(args.num_steps + 1, args.num_envs)
-                    deltas = td_errors(all_values[:-1], all_values[-1], rewards, dones, next_done, args.gamma)
-                    mb_advantages = (discount[b_env[mb_inds], b_step[mb_inds]] * deltas.T[b_env[mb_inds]]).sum(-1)
+                    mb_values = critic_fn(w, mb_states).view(args.num_steps + 1, len(mb_envs))
+                    deltas = td_errors(
+                        mb_values[:-1],
+                        mb_values[-1],
+                        rewards[:, mb_envs],
+                        dones[:, mb_envs],
+                        next_done[mb_envs],
+                        args.gamma,
+                    )
+                    mb_advantages = torch.einsum("ets,se->te", discount[mb_envs], deltas).reshape(-1)
 
-                _, newlogprob, entropy = agent.get_action(mb_obs, b_actions[mb_inds].long())
-                logratio = newlogprob - b_logprobs[mb_inds]
+                _, newlogprob, entropy = agent.get_action(mb_obs, actions[:, mb_envs].reshape(-1).long())
+                logratio = newlogprob - logprobs[:, mb_envs].reshape(-1)
                 ratio = logratio.exp()
 
                 with torch.no_grad():
@@ -603,7 +613,7 @@ if __name__ == "__main__":
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
 
-        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        y_pred, y_true = values.cpu().numpy(), returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
@@ -622,7 +632,8 @@ if __name__ == "__main__":
             for name, value in stats.pop_means().items():
                 writer.add_scalar(f"hypergrad/{name}", value, global_step)
             writer.add_scalar("hypergrad/nonfinite_fallbacks", stats.fallbacks, global_step)
-            residual = ihvp_residual(critic_fn, w, mb_obs, mb_returns, x, v, args.nystrom_rho)
+            hvp = make_hvp(critic_loss_fn(critic_fn, mb_obs, mb_returns), w)
+            residual = ihvp_residual(hvp, x, v, args.nystrom_rho)
             writer.add_scalar("hypergrad/ihvp_residual", residual, global_step)
         progress.update(args.batch_size)
         progress.set_postfix(SPS=sps, ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-", refresh=False)

@@ -233,9 +233,17 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
     return advantages, advantages + values
 
 
+def obs_normalizer(envs):
+    """The first env's NormalizeObservation wrapper, whose statistics belong to the trained policy."""
+    env = envs.envs[0]
+    while not isinstance(env, gym.wrappers.NormalizeObservation):
+        env = env.env
+    return env
+
+
 def save_model(path, agent, envs):
     """Weights plus the observation normalization statistics the policy was trained with."""
-    obs_rms = envs.envs[0].get_wrapper_attr("obs_rms")
+    obs_rms = obs_normalizer(envs).obs_rms
     torch.save(
         {"agent": agent.state_dict(), "obs_rms": {"mean": obs_rms.mean, "var": obs_rms.var, "count": obs_rms.count}},
         path,
@@ -247,9 +255,10 @@ def evaluate(model_path, env_id, eval_episodes=10, seed=1, gamma=0.99, determini
     undiscounted episodic returns."""
     envs = make_envs(env_id, 1, False, "eval", gamma)
     checkpoint = torch.load(model_path, map_location=device, weights_only=False)
-    normalizer = envs.envs[0].get_wrapper_attr("obs_rms")
-    normalizer.mean, normalizer.var, normalizer.count = (checkpoint["obs_rms"][k] for k in ("mean", "var", "count"))
-    envs.envs[0].set_wrapper_attr("update_running_mean", False)
+    normalizer = obs_normalizer(envs)
+    normalizer.update_running_mean = False
+    obs_rms = normalizer.obs_rms
+    obs_rms.mean, obs_rms.var, obs_rms.count = (checkpoint["obs_rms"][k] for k in ("mean", "var", "count"))
     agent = Agent(np.prod(envs.single_observation_space.shape), np.prod(envs.single_action_space.shape)).to(device)
     agent.load_state_dict(checkpoint["agent"])
     agent.eval()

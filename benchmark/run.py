@@ -7,9 +7,17 @@ A variant is `SCRIPT [FLAGS...]`, optionally named `NAME=SCRIPT [FLAGS...]`. Eac
 `{out}/{variant}/{env_id}/seed{seed}/`: the script runs there (its TensorBoard events land in `runs/`),
 its output goes to `run.log`, and `record.json` is written once it has finished. A run with a record
 is skipped, so an interrupted grid resumes where it stopped.
+
+After the grid, or alone with `--aggregate-only`, every finished run under `{out}` is aggregated from
+its TensorBoard events into `summary.md` (Markdown tables headed by the command line), `summary.csv`
+(one row per env and variant, per-seed values included) and `{env_id}.png` (return against steps and
+against wall-clock seconds, mean ± std over seeds). CleanRL's PPO episodes, when `REFERENCE_CSV`
+exists, add a reference row and a reference curve.
 """
 
+import csv
 import json
+import math
 import os
 import re
 import shlex
@@ -17,13 +25,26 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import tyro
 
 ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_CSV = ROOT.parent / "shared" / "reference" / "cleanrl_ppo_episodes.csv"
+"""CleanRL PPO episodes (script, env_id, seed, global_step, episodic_return); optional"""
+REFERENCE_NAME = "CleanRL PPO (reference)"
+LAST_FRACTION_START = 0.9
+"""the last-10% return averages the episodes that ended after this fraction of the total steps"""
+WINDOW = 20
+"""episodes in the running mean behind steps-to-threshold and the learning curves"""
+GRID_POINTS = 100
+"""points of the common grid the seeds' learning curves are interpolated onto"""
+FALLBACKS = "hypergrad/nonfinite_fallbacks"
+"""a counter: reported by its final value, summed over seeds, instead of its mean"""
 
 
 @dataclass
@@ -43,7 +64,11 @@ class Args:
     threshold: float | None = None
     """return whose first crossing (mean of the last 20 episodes) is reported as steps-to-threshold"""
     aggregate_only: bool = False
-    """skip running; only aggregate what is in `out`"""
+    """skip running; only aggregate the finished runs in `out` (whatever their variant, env and seed)"""
+    track: bool = False
+    """pass `--track` to every script, so that each run logs to Weights & Biases"""
+    wandb_project_name: str = "blpo"
+    """Weights & Biases project the scripts log to with `--track`"""
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,7 @@ class Variant:
 
 
 def fail(message: str) -> None:
+    """Stop with one line on stderr and a non-zero exit, no traceback."""
     sys.exit(f"error: {message}")
 
 
@@ -85,8 +111,12 @@ def run_dir(out: Path, variant: Variant, env_id: str, seed: int) -> Path:
     return out / variant.name / env_id / f"seed{seed}"
 
 
-def launch(variant: Variant, env_id: str, seed: int, total_timesteps: int, directory: Path) -> dict:
-    """Run one training run to completion in `directory`; write and return its record."""
+def launch(
+    variant: Variant, env_id: str, seed: int, total_timesteps: int, directory: Path, extra_flags: tuple[str, ...] = ()
+) -> dict:
+    """Run one training run to completion in `directory`; write and return its record.
+
+    `extra_flags` go to the script after the variant's own flags (e.g. `--track`)."""
     if directory.exists():
         shutil.rmtree(directory)  # leftovers of an interrupted run
     directory.mkdir(parents=True)
@@ -94,6 +124,7 @@ def launch(variant: Variant, env_id: str, seed: int, total_timesteps: int, direc
         sys.executable,
         str(ROOT / variant.script),
         *variant.flags,
+        *extra_flags,
         "--env-id",
         env_id,
         "--seed",
@@ -128,7 +159,13 @@ def finished(directory: Path) -> bool:
     return (directory / "record.json").is_file()
 
 
-def run_grid(args: Args, variants: list[Variant]) -> None:
+def tracking_flags(args: Args) -> tuple[str, ...]:
+    """Flags that make every script log to Weights & Biases, when asked for."""
+    return ("--track", "--wandb-project-name", args.wandb_project_name) if args.track else ()
+
+
+def run_grid(args: Args, variants: list[Variant]) -> int:
+    """Launch the grid's unfinished runs on `args.workers` workers; return how many failed."""
     jobs = [
         (v, env_id, seed, run_dir(args.out, v, env_id, seed))
         for env_id in args.env_ids
@@ -140,22 +177,368 @@ def run_grid(args: Args, variants: list[Variant]) -> None:
 
     def work(job):
         variant, env_id, seed, directory = job
-        record = launch(variant, env_id, seed, args.total_timesteps, directory)
+        record = launch(variant, env_id, seed, args.total_timesteps, directory, tracking_flags(args))
         status = "ok" if record["returncode"] == 0 else f"FAILED ({record['returncode']}), see {directory / 'run.log'}"
         print(f"{variant.name} {env_id} seed {seed}: {status}, {record['wall_clock_s']:.0f} s", flush=True)
         return record
 
     with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
         records = list(pool.map(work, todo))
-    if any(r["returncode"] != 0 for r in records):
-        fail("some runs failed; their run.log says why")
+    return sum(r["returncode"] != 0 for r in records)
+
+
+# Aggregation
+
+
+@dataclass
+class Episodes:
+    """The finished episodes of one seed, ordered by the global step they ended at."""
+
+    seed: int
+    steps: np.ndarray
+    returns: np.ndarray
+    seconds: np.ndarray | None = None
+    """wall-clock seconds since the run's first event; None for the reference, which has no times"""
+
+
+@dataclass
+class Run:
+    """A finished run: its record.json, its episodes and the whole-run value of each `hypergrad/*` scalar."""
+
+    record: dict
+    episodes: Episodes
+    diagnostics: dict[str, float]
+
+
+@dataclass
+class Row:
+    """One variant (or the reference) on one environment, over its seeds."""
+
+    env_id: str
+    variant: str
+    total_timesteps: int
+    seeds: list[int]
+    returns: list[float]
+    """last-10% mean return per seed (NaN when no episode ended in the last 10%)"""
+    threshold_steps: list[float]
+    """per seed, the step where the running mean first reached the threshold (NaN if never, or no threshold)"""
+    wall_clock_s: float = math.nan
+    sps: float = math.nan
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+def load_scalars(directory: Path) -> tuple[dict[str, list], float]:
+    """Every scalar event of the run in `directory`, by tag, and the wall time of the run's first event."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    files = sorted(directory.glob("runs/**/events.out.tfevents.*"))
+    if not files:
+        fail(f"{directory} has a record.json but no TensorBoard events under runs/; delete it to rerun that run")
+    scalars, start = defaultdict(list), math.inf
+    for path in files:
+        accumulator = event_accumulator.EventAccumulator(str(path), size_guidance={event_accumulator.SCALARS: 0})
+        accumulator.Reload()
+        start = min(start, accumulator.FirstEventTimestamp())
+        for tag in accumulator.Tags()["scalars"]:
+            scalars[tag] += accumulator.Scalars(tag)
+    return {tag: sorted(events, key=lambda e: e.step) for tag, events in scalars.items()}, start
+
+
+def load_run(record_path: Path) -> Run:
+    """The run whose record is `record_path`, read from its TensorBoard events."""
+    record = json.loads(record_path.read_text())
+    scalars, start = load_scalars(record_path.parent)
+    returns = scalars.get("charts/episodic_return", [])
+    episodes = Episodes(
+        seed=record["seed"],
+        steps=np.array([e.step for e in returns], dtype=float),
+        returns=np.array([e.value for e in returns], dtype=float),
+        seconds=np.array([e.wall_time - start for e in returns], dtype=float),
+    )
+    diagnostics = {
+        tag: events[-1].value if tag == FALLBACKS else float(np.mean([e.value for e in events]))
+        for tag, events in scalars.items()
+        if tag.startswith("hypergrad/")
+    }
+    return Run(record, episodes, diagnostics)
+
+
+def load_reference(path: Path) -> dict[str, list[Episodes]]:
+    """The reference episodes by env id (one Episodes per seed); empty when the file is absent."""
+    if not path.is_file():
+        return {}
+    by_seed = defaultdict(list)
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            by_seed[row["env_id"], int(row["seed"])].append((float(row["global_step"]), float(row["episodic_return"])))
+    reference = defaultdict(list)
+    for (env_id, seed), episodes in sorted(by_seed.items()):
+        steps, returns = np.array(sorted(episodes, key=lambda e: e[0])).T
+        reference[env_id].append(Episodes(seed, steps, returns))
+    return reference
+
+
+def running_mean(values: np.ndarray, window: int = WINDOW) -> np.ndarray:
+    """At every index, the mean of the last `window` values (of all of them before the window fills)."""
+    sums = np.convolve(values, np.ones(window))[: len(values)]
+    return sums / np.minimum(np.arange(1, len(values) + 1), window)
+
+
+def last_fraction_mean(episodes: Episodes, total_timesteps: int) -> float:
+    """Mean return of the episodes that ended in (LAST_FRACTION_START * total_timesteps, total_timesteps]
+    (NaN if none did)."""
+    late = (episodes.steps > LAST_FRACTION_START * total_timesteps) & (episodes.steps <= total_timesteps)
+    return float(episodes.returns[late].mean()) if late.any() else math.nan
+
+
+def steps_to_threshold(episodes: Episodes, threshold: float | None) -> float:
+    """First step where the mean of the last WINDOW returns reaches `threshold` (NaN if never or no threshold)."""
+    if threshold is None:
+        return math.nan
+    reached = np.flatnonzero(running_mean(episodes.returns) >= threshold)
+    return float(episodes.steps[reached[0]]) if reached.size else math.nan
+
+
+def seed_stats(episodes: list[Episodes], totals: list[int], threshold: float | None) -> dict:
+    """Row fields computed from the seeds' episodes alone, each seed over its own total steps."""
+    return {
+        "seeds": [e.seed for e in episodes],
+        "returns": [last_fraction_mean(e, total) for e, total in zip(episodes, totals)],
+        "threshold_steps": [steps_to_threshold(e, threshold) for e in episodes],
+    }
+
+
+def variant_row(env_id: str, variant: str, runs: list[Run], threshold: float | None) -> Row:
+    """The summary row of one variant's runs on one environment."""
+    totals = [r.record["total_timesteps"] for r in runs]
+    tags = sorted({tag for r in runs for tag in r.diagnostics})
+    return Row(
+        env_id,
+        variant,
+        max(totals),
+        **seed_stats([r.episodes for r in runs], totals, threshold),
+        wall_clock_s=float(np.mean([r.record["wall_clock_s"] for r in runs])),
+        sps=float(np.mean([r.record["sps"] for r in runs])),
+        diagnostics={
+            tag: (np.sum if tag == FALLBACKS else np.mean)([r.diagnostics.get(tag, math.nan) for r in runs])
+            for tag in tags
+        },
+    )
+
+
+def first_steps(episodes: Episodes, total_timesteps: int) -> Episodes:
+    """The reference episodes that ended within `total_timesteps`, so that it runs as long as our runs."""
+    kept = episodes.steps <= total_timesteps
+    return Episodes(episodes.seed, episodes.steps[kept], episodes.returns[kept])
+
+
+def reference_row(env_id: str, episodes: list[Episodes], total_timesteps: int, threshold: float | None) -> Row:
+    """The reference's summary row, computed over the same total steps as our runs."""
+    return Row(
+        env_id, REFERENCE_NAME, total_timesteps, **seed_stats(episodes, [total_timesteps] * len(episodes), threshold)
+    )
+
+
+def number(x: float, spec: str = ".2f") -> str:
+    """`x` formatted with `spec`, or "n/a" when it is not finite."""
+    return format(x, spec) if math.isfinite(x) else "n/a"
+
+
+def kilo_steps(steps: float) -> str:
+    """A step count as the summary shows it: thousands as "212k", small counts in full."""
+    return f"{steps / 1000:.0f}k" if steps >= 10_000 else f"{steps:.0f}"
+
+
+def return_cell(row: Row) -> str:
+    """mean ± population std over seeds, then the per-seed values in parentheses."""
+    values = np.array(row.returns)
+    per_seed = ", ".join(number(v) for v in values)
+    return f"{number(values.mean())} ± {number(values.std())} ({per_seed})"
+
+
+def threshold_cell(row: Row) -> str:
+    """Mean steps over the seeds that reached the threshold, and how many did, e.g. "212k (3/3)"."""
+    reached = [s for s in row.threshold_steps if math.isfinite(s)]
+    mean = kilo_steps(float(np.mean(reached))) if reached else "never"
+    return f"{mean} ({len(reached)}/{len(row.seeds)})"
+
+
+def markdown_table(header: list[str], lines: list[list[str]]) -> str:
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, ["---"] * len(header), *lines])
+
+
+def table_legend(threshold: float | None) -> str:
+    """The paragraph under the command line that says how the results table is computed."""
+    legend = [
+        "Last-10% return: mean return of the episodes that ended in the last 10% of the steps, per seed;",
+        "mean ± std (population) over seeds, per-seed values in parentheses.",
+    ]
+    if threshold is not None:
+        legend += [
+            f"Steps to {threshold:g}: first step where the mean of the last {WINDOW} episodes reached it,",
+            "mean over the seeds that did (how many did).",
+        ]
+    return " ".join(legend + ["Wall-clock and SPS: whole run, mean over seeds."])
+
+
+def results_table(rows: list[Row], threshold: float | None) -> str:
+    """The Markdown table of returns, steps to threshold (when given), wall-clock and SPS."""
+    header = ["env", "variant", "steps", "seeds", "last-10% return"]
+    header += [f"steps to {threshold:g}"] if threshold is not None else []
+    header += ["wall-clock (s)", "SPS"]
+    lines = []
+    for row in rows:
+        cells = [row.env_id, row.variant, f"{row.total_timesteps:,}", ", ".join(map(str, row.seeds)), return_cell(row)]
+        cells += [threshold_cell(row)] if threshold is not None else []
+        lines.append(cells + [number(row.wall_clock_s, ".0f"), number(row.sps, ".0f")])
+    return markdown_table(header, lines)
+
+
+def diagnostics_table(rows: list[Row]) -> str:
+    """The Markdown table of the `hypergrad/*` scalars of the rows that have them, one column per scalar."""
+    tags = sorted({tag for row in rows for tag in row.diagnostics})
+    header = ["env", "variant"] + [tag.removeprefix("hypergrad/") for tag in tags]
+    lines = [
+        [row.env_id, row.variant]
+        + [number(row.diagnostics.get(tag, math.nan), ".0f" if tag == FALLBACKS else ".4g") for tag in tags]
+        for row in rows
+    ]
+    return markdown_table(header, lines)
+
+
+def summary_markdown(rows: list[Row], threshold: float | None, command: str) -> str:
+    """summary.md: the command line, the results table and, if any variant logged them, the diagnostics table."""
+    text = [f"```sh\n{command}\n```", table_legend(threshold), results_table(rows, threshold)]
+    diagnosed = [row for row in rows if row.diagnostics]
+    if diagnosed:
+        text += [
+            "Hypergradient diagnostics: mean over the whole run and over seeds; "
+            "nonfinite_fallbacks is the final count, summed over seeds.",
+            diagnostics_table(diagnosed),
+        ]
+    return "\n\n".join(text) + "\n"
+
+
+def csv_record(row: Row, threshold: float | None) -> dict:
+    """One summary.csv line; NaN becomes an empty cell."""
+    values = np.array(row.returns)
+    reached = [s for s in row.threshold_steps if math.isfinite(s)]
+    fields = {
+        "env_id": row.env_id,
+        "variant": row.variant,
+        "total_timesteps": row.total_timesteps,
+        "seeds": " ".join(map(str, row.seeds)),
+        "return_mean": values.mean(),
+        "return_std": values.std(),
+        **{f"return_seed{s}": v for s, v in zip(row.seeds, row.returns)},
+        "threshold": math.nan if threshold is None else threshold,
+        "threshold_reached": len(reached) if threshold is not None else math.nan,
+        "steps_to_threshold_mean": np.mean(reached) if reached else math.nan,
+        **{f"steps_to_threshold_seed{s}": v for s, v in zip(row.seeds, row.threshold_steps)},
+        "wall_clock_s": row.wall_clock_s,
+        "sps": row.sps,
+        **row.diagnostics,
+    }
+    return {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in fields.items()}
+
+
+def write_csv(rows: list[Row], threshold: float | None, path: Path) -> None:
+    """summary.csv: one line per env and variant; columns are the union over the lines."""
+    records = [csv_record(row, threshold) for row in rows]
+    columns = list(dict.fromkeys(k for record in records for k in record))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Smooth each seed's (x, returns) with a running mean of WINDOW episodes, interpolate it onto a grid
+    over the x range every seed covers, and return (grid, mean, std) over seeds; None without episodes."""
+    curves = [(x, running_mean(y)) for x, y in curves if len(x)]
+    if not curves:
+        return None
+    grid = np.linspace(max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves), GRID_POINTS)
+    values = np.array([np.interp(grid, x, y) for x, y in curves])
+    return grid, values.mean(axis=0), values.std(axis=0)
+
+
+def draw(axes, curves: list[tuple[np.ndarray, np.ndarray]], label: str, color: str, **style) -> None:
+    """Plot the mean over seeds with a ± std band."""
+    band = mean_band(curves)
+    if band is None:
+        return
+    grid, mean, std = band
+    axes.plot(grid, mean, color=color, label=label, **style)
+    axes.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def plot_env(env_id: str, runs: dict[str, list[Run]], reference: list[Episodes], colors: dict, path: Path) -> None:
+    """{env_id}.png: return against environment steps and against wall-clock seconds, one color per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_steps, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for variant, variant_runs in runs.items():
+        episodes = [r.episodes for r in variant_runs]
+        draw(by_steps, [(e.steps, e.returns) for e in episodes], variant, colors[variant])
+        draw(by_time, [(e.seconds, e.returns) for e in episodes], variant, colors[variant])
+    draw(by_steps, [(e.steps, e.returns) for e in reference], REFERENCE_NAME, "black", linestyle="--")
+    for axes, xlabel in ((by_steps, "environment steps"), (by_time, "wall-clock (s)")):
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(f"episodic return (mean of last {WINDOW})")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle(f"{env_id}: mean ± std over seeds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def aggregate(records: list[Path], out: Path, threshold: float | None, command: str) -> list[Row]:
+    """Write summary.md, summary.csv and one plot per environment into `out` from the finished runs."""
+    groups = defaultdict(lambda: defaultdict(list))
+    for run in sorted((load_run(path) for path in records), key=lambda r: r.record["seed"]):
+        groups[run.record["env_id"]][run.record["variant"]].append(run)
+    variants = sorted({variant for by_variant in groups.values() for variant in by_variant})
+    colors = {variant: f"C{i}" for i, variant in enumerate(variants)}
+    reference = load_reference(REFERENCE_CSV)
+    rows = []
+    for env_id in sorted(groups):
+        runs = dict(sorted(groups[env_id].items()))
+        rows += [variant_row(env_id, variant, variant_runs, threshold) for variant, variant_runs in runs.items()]
+        total = max(r.record["total_timesteps"] for variant_runs in runs.values() for r in variant_runs)
+        env_reference = [first_steps(episodes, total) for episodes in reference.get(env_id, [])]
+        if env_reference:
+            rows.append(reference_row(env_id, env_reference, total, threshold))
+        plot_env(env_id, runs, env_reference, colors, out / f"{env_id}.png")
+    markdown = summary_markdown(rows, threshold, command)
+    (out / "summary.md").write_text(markdown)
+    write_csv(rows, threshold, out / "summary.csv")
+    print(f"\n{markdown}\nwrote summary.md, summary.csv and {len(groups)} plot(s) to {out}")
+    return rows
+
+
+def command_line() -> str:
+    """The command that started this process."""
+    return shlex.join(["python", *sys.argv])
 
 
 def main(args: Args) -> None:
-    variants = [parse_variant(entry) for entry in args.variants]
-    check_env_ids(args.env_ids)
+    failed = 0
     if not args.aggregate_only:
-        run_grid(args, variants)
+        variants = [parse_variant(entry) for entry in args.variants]
+        check_env_ids(args.env_ids)
+        failed = run_grid(args, variants)
+    records = sorted(args.out.glob("*/*/seed*/record.json"))
+    if records:
+        aggregate(records, args.out, args.threshold, command_line())
+    if failed:
+        fail(f"{failed} run(s) failed; their run.log says why; run the grid again to retry them")
+    if not records:
+        fail(f"no finished run (record.json) under {args.out}; run the grid first")
 
 
 if __name__ == "__main__":

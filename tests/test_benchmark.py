@@ -1,0 +1,253 @@
+"""benchmark/run.py: a tiny grid end to end, aggregation against hand-written events, resuming,
+clear errors, and the W&B sweep's command lines."""
+
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tyro
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+
+from benchmark import run
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = "--num-steps 256 --num-minibatches 4 --update-epochs 1"
+VARIANTS = {"ppo": f"ppo_continuous.py {TINY}", "lr1e-3": f"ppo_continuous.py {TINY} --learning-rate 1e-3"}
+SEEDS = [1, 2]
+TOTAL = 1024
+
+
+def runner(*flags: str) -> subprocess.CompletedProcess:
+    """benchmark/run.py FLAGS in a subprocess, from the repository root."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmark" / "run.py"), *flags],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def grid_flags(out: Path) -> list[str]:
+    return [
+        "--variants",
+        *(f"{name}={entry}" for name, entry in VARIANTS.items()),
+        "--env-ids",
+        "Hopper-v4",
+        "--seeds",
+        *map(str, SEEDS),
+        "--total-timesteps",
+        str(TOTAL),
+        "--workers",
+        "2",
+        "--threshold",
+        "10",
+        "--out",
+        str(out),
+    ]
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    """summary.csv lines by variant (a single environment)."""
+    with path.open(newline="") as f:
+        return {line["variant"]: line for line in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    """Two PPO variants on Hopper-v4, seeds 1 and 2, 1024 steps each: the output folder and the run's result."""
+    out = tmp_path_factory.mktemp("grid") / "out"
+    return out, runner(*grid_flags(out))
+
+
+def test_tiny_grid_end_to_end(tiny_grid):
+    out, result = tiny_grid
+    assert result.returncode == 0, result.stderr
+    assert "4 runs, 0 already finished, 4 to run on 2 workers" in result.stdout
+    for name, seed in itertools.product(VARIANTS, SEEDS):
+        directory = out / name / "Hopper-v4" / f"seed{seed}"
+        record = json.loads((directory / "record.json").read_text())
+        assert (record["variant"], record["env_id"], record["seed"]) == (name, "Hopper-v4", seed)
+        assert record["returncode"] == 0 and record["total_timesteps"] == TOTAL
+        assert record["sps"] == pytest.approx(TOTAL / record["wall_clock_s"])
+        episodes = run.load_run(directory / "record.json").episodes
+        assert len(episodes.steps) > 10 and episodes.steps.max() <= TOTAL
+        assert 0 <= episodes.seconds.min() and episodes.seconds.max() <= record["wall_clock_s"]
+
+    summary = (out / "summary.md").read_text().splitlines()
+    assert summary[0] == "```sh" and summary[1].startswith("python ") and "benchmark/run.py --variants" in summary[1]
+    assert any(line.startswith("| Hopper-v4 | lr1e-3 | 1,024 | 1, 2 | ") for line in summary)
+    lines = read_csv(out / "summary.csv")
+    assert set(VARIANTS) <= set(lines)
+    assert (run.REFERENCE_NAME in lines) == run.REFERENCE_CSV.is_file()
+    for name in VARIANTS:
+        per_seed = [float(lines[name][f"return_seed{seed}"]) for seed in SEEDS]
+        assert float(lines[name]["return_mean"]) == pytest.approx(np.mean(per_seed))
+        assert float(lines[name]["return_std"]) == pytest.approx(np.std(per_seed))
+    png = (out / "Hopper-v4.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_resume_skips_finished_runs(tiny_grid):
+    out, first = tiny_grid
+    assert first.returncode == 0, first.stderr
+    records = sorted(out.glob("*/*/seed*/record.json"))
+    before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in records}
+    result = runner(*grid_flags(out))
+    assert result.returncode == 0, result.stderr
+    assert "4 runs, 4 already finished, 0 to run on 2 workers" in result.stdout
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in records} == before
+
+
+def write_run(out: Path, variant: str, seed: int, episodes: list[tuple[int, float]], **extra) -> None:
+    """A finished run as the runner leaves it: record.json and TensorBoard events of (step, return)
+    episodes, plus scalars given as `tag=[(step, value), ...]` (`/` written as `__`)."""
+    directory = out / variant / "CartPole-v1" / f"seed{seed}"
+    writer = SummaryWriter(str(directory / "runs" / f"CartPole-v1__{variant}__{seed}"))
+    for step, value in episodes:
+        writer.add_scalar("charts/episodic_return", value, step)
+    for tag, events in extra.items():
+        for step, value in events:
+            writer.add_scalar(tag.replace("__", "/"), value, step)
+    writer.close()
+    record = {"variant": variant, "env_id": "CartPole-v1", "seed": seed, "total_timesteps": 1000, "returncode": 0}
+    record |= {"wall_clock_s": 100.0 * seed, "sps": 10.0 / seed}
+    (directory / "record.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def hand_written_runs(tmp_path):
+    """Two variants on CartPole-v1 with 1000 steps; expected values are worked out in the test."""
+    # ppo seed 1: 20 episodes at 50, 100, ..., 1000 returning 5, 10, ..., 100
+    write_run(tmp_path, "ppo", 1, [(50 * i, 5.0 * i) for i in range(1, 21)])
+    write_run(tmp_path, "ppo", 2, list(zip([300, 600, 900, 950, 990], [10.0, 20.0, 30.0, 40.0, 60.0])))
+    # blpo seed 1: 20 episodes returning 0 then 10 returning 100, at steps 130, 160, ..., 1000
+    blpo_returns = [0.0] * 20 + [100.0] * 10
+    write_run(
+        tmp_path,
+        "blpo",
+        1,
+        [(100 + 30 * i, r) for i, r in enumerate(blpo_returns, start=1)],
+        hypergrad__correction_ratio=[(100, 1.0), (200, 2.0), (300, 3.0)],
+        hypergrad__nonfinite_fallbacks=[(100, 0.0), (200, 1.0), (300, 2.0)],
+    )
+    write_run(
+        tmp_path,
+        "blpo",
+        2,
+        [(500, 0.0), (1000, 40.0)],
+        hypergrad__correction_ratio=[(100, 4.0), (200, 6.0)],
+        hypergrad__nonfinite_fallbacks=[(100, 0.0), (200, 3.0)],
+    )
+    return tmp_path
+
+
+@pytest.mark.parametrize("with_reference", [True, False])
+def test_aggregation_of_known_events(hand_written_runs, monkeypatch, with_reference):
+    out = hand_written_runs
+    reference = out / "reference.csv"
+    if with_reference:
+        lines = ["script,env_id,seed,global_step,episodic_return", "ppo.py,Acrobot-v1,1,1000,-80"]
+        lines += [
+            f"ppo.py,CartPole-v1,{seed},{step},{r}" for seed, step, r in [(1, 950, 200), (1, 1000, 300), (1, 1001, 1e4)]
+        ]
+        lines += [f"ppo.py,CartPole-v1,{seed},{step},{r}" for seed, step, r in [(2, 400, 0), (2, 999, 100)]]
+        reference.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(run, "REFERENCE_CSV", reference)  # its episodes after step 1000 are ignored
+    command = "python benchmark/run.py --aggregate-only --threshold 30"
+    run.aggregate(sorted(out.glob("*/*/seed*/record.json")), out, 30.0, command)
+
+    lines = read_csv(out / "summary.csv")
+    assert list(lines) == ["blpo", "ppo"] + ([run.REFERENCE_NAME] if with_reference else [])
+    ppo, blpo = lines["ppo"], lines["blpo"]
+    # last 10%: episodes ending after step 900 (900 itself excluded)
+    assert float(ppo["return_seed1"]) == (95 + 100) / 2
+    assert float(ppo["return_seed2"]) == (40 + 60) / 2
+    assert float(ppo["return_mean"]) == 73.75 and float(ppo["return_std"]) == 23.75
+    # running mean of the last 20 returns reaches 30: seed 1 at its 11th episode, seed 2 at its 5th
+    assert (float(ppo["steps_to_threshold_seed1"]), float(ppo["steps_to_threshold_seed2"])) == (550, 990)
+    assert (float(ppo["steps_to_threshold_mean"]), ppo["threshold_reached"]) == (770, "2")
+    assert (float(ppo["wall_clock_s"]), float(ppo["sps"])) == (150, 7.5)
+    assert (float(blpo["return_seed1"]), float(blpo["return_seed2"])) == (100, 40)
+    assert (float(blpo["return_mean"]), float(blpo["return_std"])) == (70, 30)
+    # blpo seed 1 reaches 30 only when the window has slid (6 x 100 / 20, 26th episode); seed 2 never does
+    assert (float(blpo["steps_to_threshold_seed1"]), blpo["steps_to_threshold_seed2"]) == (880, "")
+    assert (float(blpo["steps_to_threshold_mean"]), blpo["threshold_reached"]) == (880, "1")
+    assert float(blpo["hypergrad/correction_ratio"]) == (2 + 5) / 2
+    assert float(blpo["hypergrad/nonfinite_fallbacks"]) == 2 + 3
+    assert ppo["hypergrad/correction_ratio"] == ""
+
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith(f"```sh\n{command}\n```\n")
+    assert "| CartPole-v1 | ppo | 1,000 | 1, 2 | 73.75 ± 23.75 (97.50, 50.00) | 770 (2/2) | 150 | 8 |" in summary
+    assert "| CartPole-v1 | blpo | 1,000 | 1, 2 | 70.00 ± 30.00 (100.00, 40.00) | 880 (1/2) | 150 | 8 |" in summary
+    assert "| env | variant | correction_ratio | nonfinite_fallbacks |\n| --- | --- | --- | --- |\n" in summary
+    assert "| CartPole-v1 | blpo | 3.5 | 5 |" in summary
+    if with_reference:
+        row = f"| CartPole-v1 | {run.REFERENCE_NAME} | 1,000 | 1, 2 | 175.00 ± 75.00 (250.00, 100.00) | 974 (2/2) |"
+        assert row in summary
+        assert float(lines[run.REFERENCE_NAME]["steps_to_threshold_mean"]) == (950 + 999) / 2
+    assert (out / "CartPole-v1.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_every_scalar_event_is_loaded(tmp_path):
+    """More episodes than TensorBoard's default sample of 10,000 scalars per tag."""
+    returns = np.arange(12_000, dtype=float)
+    write_run(tmp_path, "ppo", 1, [(i, r) for i, r in enumerate(returns)])
+    episodes = run.load_run(tmp_path / "ppo" / "CartPole-v1" / "seed1" / "record.json").episodes
+    assert np.array_equal(episodes.returns, returns)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--variants", "ppo=nope.py --seed 3"], "error: variant 'ppo=nope.py --seed 3': no script 'nope.py'"),
+        (["--env-ids", "Hopper-v4", "NoSuchEnv-v0"], "error: unknown env id 'NoSuchEnv-v0'"),
+        (["--aggregate-only"], "error: no finished run (record.json) under "),
+    ],
+)
+def test_bad_input_stops_with_one_line(tmp_path, flags, message):
+    out = tmp_path / "out"
+    result = runner(*flags, "--out", str(out))
+    assert result.returncode != 0
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert not out.exists()
+
+
+def test_sweep_commands_parse():
+    """Each command `wandb agent` builds from benchmark/sweep.yaml runs one (variant, env, seed) with --track."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    sweep = yaml.safe_load((ROOT / "benchmark" / "sweep.yaml").read_text())
+    assert sweep["method"] == "grid" and sweep["program"] == "benchmark/run.py"
+    names = list(sweep["parameters"])
+    grid = [
+        dict(zip(names, values)) for values in itertools.product(*(sweep["parameters"][n]["values"] for n in names))
+    ]
+    assert len(grid) == 12
+    for config in grid:
+        sweep_vars = create_sweep_command_args({"args": {name: {"value": value} for name, value in config.items()}})
+        sweep_vars |= {"env": ["/usr/bin/env"], "interpreter": ["python"], "program": [sweep["program"]]}
+        command = [
+            word
+            for c in create_sweep_command(sweep["command"])
+            for word in (sweep_vars[c[2:-1]] if c.startswith("${") and c.endswith("}") else [c])
+        ]
+        assert command[:3] == ["/usr/bin/env", "python", "benchmark/run.py"]
+        args = tyro.cli(run.Args, args=command[3:])
+        assert (args.variants, args.env_ids, args.seeds) == (
+            [config["variants"]],
+            [config["env_ids"]],
+            [config["seeds"]],
+        )
+        assert args.track and run.tracking_flags(args) == ("--track", "--wandb-project-name", "blpo")
+        run.parse_variant(args.variants[0])
+        run.check_env_ids(args.env_ids)

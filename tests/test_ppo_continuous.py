@@ -1,0 +1,476 @@
+"""Tests for ppo_continuous.py: env pipeline, GAE, Gaussian policy, and the script end to end."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import ppo_continuous
+
+SCRIPT = Path(__file__).resolve().parent.parent / "ppo_continuous.py"
+SCRIPT_TIMEOUT = 180  # seconds; a hung run (e.g. wandb waiting on a network) fails instead of blocking
+# Two iterations of 256 steps on one Hopper env: episodes end, the whole run takes seconds.
+TINY_RUN = ["--env-id", "Hopper-v4", "--total-timesteps", "512", "--num-steps", "256"]
+TINY_RUN += ["--num-minibatches", "4", "--update-epochs", "1", "--seed", "7"]
+CLEANRL_TAGS = [
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/learning_rate",
+    "charts/SPS",
+    "losses/value_loss",
+    "losses/policy_loss",
+    "losses/entropy",
+    "losses/old_approx_kl",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "losses/explained_variance",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared helpers: run scripts in subprocesses, read TensorBoard scalars, walk wrapper chains
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def start_script(script: Path, args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    """Start `python script *args` in `cwd` with one OpenMP thread; stdout/stderr go to files in `cwd`."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl", **env}
+    with open(cwd / "stdout.log", "w") as out, open(cwd / "stderr.log", "w") as err:
+        return subprocess.Popen([sys.executable, str(script), *args], cwd=cwd, env=full_env, stdout=out, stderr=err)
+
+
+def finish_script(proc: subprocess.Popen, cwd: Path, timeout: float = SCRIPT_TIMEOUT) -> subprocess.CompletedProcess:
+    """Wait for a `start_script` process; kill it and fail if it outlives `timeout`. Returns its code and output."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{proc.args} did not finish within {timeout} s")
+    stdout, stderr = (cwd / "stdout.log").read_text(), (cwd / "stderr.log").read_text()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+ScriptJob = tuple[Path, list[str], Path, dict[str, str]]  # (script, args, cwd, extra env)
+
+
+def run_scripts(jobs: dict[str, ScriptJob]) -> dict[str, subprocess.CompletedProcess]:
+    """Run several `(script, args, cwd, env)` jobs concurrently, each in its own `cwd`; return their results."""
+    procs = {name: start_script(script, args, cwd, **env) for name, (script, args, cwd, env) in jobs.items()}
+    try:
+        return {name: finish_script(proc, jobs[name][2]) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def only_run_dir(cwd: Path) -> Path:
+    """The single `runs/{run_name}` directory a script run wrote in `cwd`."""
+    run_dirs = list((cwd / "runs").iterdir())
+    assert len(run_dirs) == 1, run_dirs
+    return run_dirs[0]
+
+
+def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a TensorBoard event directory: tag -> [(step, value), ...] in logging order."""
+    accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def find_wrapper(env: gym.Env, wrapper_type: type) -> gym.Wrapper:
+    """The outermost wrapper of `wrapper_type` in `env`'s wrapper chain."""
+    while not isinstance(env, wrapper_type):
+        assert isinstance(env, gym.Wrapper), f"no {wrapper_type.__name__} in the wrapper chain"
+        env = env.env
+    return env
+
+
+@pytest.fixture(autouse=True)
+def run_in_tmp_cwd(tmp_path, monkeypatch):
+    """Keep files written to the working directory (e.g. MuJoCo's MUJOCO_LOG.TXT) out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Environment pipeline
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class SpikeEnv(gym.Env):
+    """Zero observations and rewards, then huge raw spikes of both signs: forces the [-10, 10] clips to act.
+
+    A lone outlier among n samples has a z-score of about sqrt(n), so after 200 quiet steps the normalized
+    spike is about 14 and must come out clipped to exactly 10.
+    """
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float64)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    SPIKE_STEP = 200
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3), {}
+
+    def step(self, action):
+        self.t += 1
+        obs, reward = np.zeros(3), 0.0
+        if self.t == self.SPIKE_STEP:
+            obs, reward = np.array([1e6, -1e6, 0.0]), 1e6
+        elif self.t == self.SPIKE_STEP + 1:
+            reward = -1e9
+        return obs, reward, False, False, {}
+
+
+@pytest.fixture(scope="module")
+def spike_env_id():
+    """Register SpikeEnv for the duration of this module."""
+    env_id = "TestPpoSpike-v0"
+    gym.register(env_id, entry_point=SpikeEnv)
+    yield env_id
+    del gym.registry[env_id]
+
+
+def test_make_envs_shapes_and_bounds():
+    """HalfCheetah through make_envs: (2, 17) observations, observations and rewards stay within [-10, 10]."""
+    envs = ppo_continuous.make_envs("HalfCheetah-v4", 2, False, "x", 0.99)
+    obs, _ = envs.reset(seed=0)
+    envs.action_space.seed(0)
+    assert obs.shape == (2, 17)
+    assert envs.single_action_space.shape == (6,)
+    all_obs, all_rewards = [obs], []
+    for _ in range(300):
+        obs, reward, _, _, _ = envs.step(envs.action_space.sample())
+        all_obs.append(obs)
+        all_rewards.append(reward)
+    envs.close()
+    all_obs, all_rewards = np.stack(all_obs), np.stack(all_rewards)
+    assert all_obs.shape == (301, 2, 17) and all_rewards.shape == (300, 2)
+    assert np.all(np.abs(all_obs) <= 10) and np.all(np.abs(all_rewards) <= 10)
+    assert np.isfinite(all_obs).all() and np.isfinite(all_rewards).all()
+    assert all_obs.std() > 0.1, "observations should be normalized, not collapsed"
+
+
+def test_large_raw_observations_and_rewards_are_clipped_to_10(spike_env_id):
+    """Raw values of +-1e6 and -1e9 reach the agent as exactly +-10 after normalization and clipping."""
+    env = ppo_continuous.make_env(spike_env_id, 0, False, "x", 0.99)()
+    env.reset(seed=0)
+    for _ in range(SpikeEnv.SPIKE_STEP - 1):
+        obs, reward, *_ = env.step(env.action_space.sample())
+        assert np.all(obs == 0) and reward == 0
+    obs, reward, *_ = env.step(env.action_space.sample())
+    np.testing.assert_array_equal(obs, [10.0, -10.0, 0.0])
+    assert reward == 10.0
+    _, reward, *_ = env.step(env.action_space.sample())
+    assert reward == -10.0
+
+
+def test_out_of_range_actions_are_clipped_before_the_simulator():
+    """ClipAction: MuJoCo receives the action clipped to the [-1, 1] control range."""
+    env = ppo_continuous.make_env("HalfCheetah-v4", 0, False, "x", 0.99)()
+    env.reset(seed=0)
+    env.step(np.array([5.0, -5.0, 0.5, -0.25, 100.0, -100.0]))
+    np.testing.assert_array_equal(env.unwrapped.data.ctrl, [1.0, -1.0, 0.5, -0.25, 1.0, -1.0])
+    env.close()
+
+
+def test_finished_episode_reports_raw_return_and_length():
+    """finished_episodes returns the unnormalized return of a Hopper episode, equal to a plain env's reward sum."""
+    envs = ppo_continuous.make_envs("Hopper-v4", 1, False, "x", 0.99)
+    raw_env = gym.make("Hopper-v4")
+    envs.reset(seed=3)
+    raw_env.reset(seed=3)  # vector env i is seeded with seed + i, so env 0 matches
+    rng = np.random.default_rng(0)
+    raw_rewards, seen_rewards = [], []
+    done = False
+    while not done:
+        action = rng.uniform(-1.0, 1.0, size=3)
+        _, raw_reward, terminated, truncated, _ = raw_env.step(action)
+        _, reward, _, _, infos = envs.step(action[None])
+        raw_rewards.append(raw_reward)
+        seen_rewards.append(float(reward[0]))
+        done = terminated or truncated
+        if not done:
+            assert ppo_continuous.finished_episodes(infos) == []
+    envs.close()
+    raw_env.close()
+    raw_return = 0.0
+    for r in raw_rewards:  # same summation order as RecordEpisodeStatistics, so the result is exact
+        raw_return += r
+    assert ppo_continuous.finished_episodes(infos) == [(raw_return, len(raw_rewards))]
+    assert not math.isclose(sum(seen_rewards), raw_return, rel_tol=1e-3), "agent should see normalized rewards"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. GAE
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_compute_gae_hand_worked_example():
+    """4 steps x 2 envs, gamma = lambda = 0.5 (so gamma * lambda = 0.25), worked out by hand.
+
+    env 0: dones[2] = 1, so step 1 ends an episode (no bootstrap from values[2], no trace across it);
+           the last step bootstraps from next_value = 8 (next_done = 0).
+    env 1: next_done = 1, so the huge next_value = 100 must be ignored; dones[0] = 1 only concerns the
+           previous rollout and must not change anything here.
+    """
+    rewards = torch.tensor([[1.0, 0.0], [2.0, 1.0], [3.0, 0.0], [4.0, 2.0]])
+    values = torch.tensor([[0.5, 1.0], [1.0, 2.0], [1.5, 2.0], [2.0, 4.0]])
+    dones = torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    next_value = torch.tensor([8.0, 100.0])
+    next_done = torch.tensor([0.0, 1.0])
+
+    # env 0, delta_t = r_t + 0.5 * V_next * nonterminal - V_t, A_t = delta_t + 0.25 * nonterminal * A_{t+1}
+    a0_3 = 4 + 0.5 * 8 - 2  # = 6, bootstrap from next_value
+    a0_2 = (3 + 0.5 * 2 - 1.5) + 0.25 * a0_3  # = 2.5 + 1.5 = 4
+    a0_1 = 2 - 1  # = 1, episode ends: no bootstrap, no trace
+    a0_0 = (1 + 0.5 * 1 - 0.5) + 0.25 * a0_1  # = 1 + 0.25 = 1.25
+    # env 1
+    a1_3 = 2 - 4  # = -2, next_done: next_value ignored
+    a1_2 = (0 + 0.5 * 4 - 2) + 0.25 * a1_3  # = 0 - 0.5 = -0.5
+    a1_1 = (1 + 0.5 * 2 - 2) + 0.25 * a1_2  # = 0 - 0.125 = -0.125
+    a1_0 = (0 + 0.5 * 2 - 1) + 0.25 * a1_1  # = 0 - 0.03125 = -0.03125
+    expected = torch.tensor([[a0_0, a1_0], [a0_1, a1_1], [a0_2, a1_2], [a0_3, a1_3]])
+    assert expected.tolist() == [[1.25, -0.03125], [1.0, -0.125], [4.0, -0.5], [6.0, -2.0]]
+
+    advantages, returns = ppo_continuous.compute_gae(rewards, values, dones, next_value, next_done, 0.5, 0.5)
+    torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(returns, expected + values, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Gaussian policy
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_gaussian_log_prob_and_entropy_match_torch_normal():
+    """Diagonal Gaussian log-prob and entropy, summed over 3 action dims, equal torch.distributions.Normal's."""
+    mean = torch.tensor([[0.0, 1.0, -2.0], [0.5, -0.5, 3.0]])
+    logstd = torch.tensor([[0.0, -1.0, 0.7], [0.3, 0.0, -2.0]])
+    action = torch.tensor([[0.1, 2.0, -2.5], [0.0, 0.0, 3.1]])
+    normal = torch.distributions.Normal(mean, logstd.exp())
+    log_prob = ppo_continuous.gaussian_log_prob(action, mean, logstd)
+    entropy = ppo_continuous.gaussian_entropy(logstd)
+    assert log_prob.shape == entropy.shape == (2,)
+    torch.testing.assert_close(log_prob, normal.log_prob(action).sum(-1))
+    torch.testing.assert_close(entropy, normal.entropy().sum(-1))
+    # One value by hand: N(0; 0, 1) has log-density -0.5 * log(2 pi)
+    zero = torch.zeros(1, 1)
+    assert ppo_continuous.gaussian_log_prob(zero, zero, zero).item() == pytest.approx(-0.5 * math.log(2 * math.pi))
+
+
+def test_agent_get_action_and_value_is_consistent():
+    """get_action_and_value scores a given action with the Gaussian helpers and returns the critic's value."""
+    torch.manual_seed(0)
+    agent = ppo_continuous.Agent(5, 3)
+    with torch.no_grad():
+        agent.actor_logstd.copy_(torch.tensor([[0.2, -0.4, 0.1]]))
+    x = torch.randn(4, 5)
+    given = torch.randn(4, 3)
+    action, log_prob, entropy, value = agent.get_action_and_value(x, given)
+    assert action is given
+    with torch.no_grad():
+        normal = torch.distributions.Normal(agent.actor_mean(x), agent.actor_logstd.exp().expand(4, 3))
+        torch.testing.assert_close(log_prob, normal.log_prob(given).sum(-1))
+        torch.testing.assert_close(entropy, normal.entropy().sum(-1))
+        torch.testing.assert_close(value, agent.critic(x).squeeze(-1))
+    assert log_prob.shape == entropy.shape == value.shape == (4,)
+
+    sampled, sampled_log_prob, _, _ = agent.get_action_and_value(x)
+    assert sampled.shape == (4, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(sampled_log_prob, normal.log_prob(sampled).sum(-1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4-6, 8. End-to-end runs (launched together once for the module)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Three tiny Hopper runs started concurrently: two identical seeded runs with --save-model, one with --track."""
+    root = tmp_path_factory.mktemp("tiny_runs")
+    wandb_env = {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(root / "tracked"),
+        "WANDB_CONFIG_DIR": str(root / "wandb_home"),
+        "WANDB_CACHE_DIR": str(root / "wandb_home"),
+        "WANDB_DATA_DIR": str(root / "wandb_home"),
+    }
+    results = run_scripts(
+        {
+            "first": (SCRIPT, [*TINY_RUN, "--save-model"], root / "first", {}),
+            "twin": (SCRIPT, [*TINY_RUN, "--save-model"], root / "twin", {}),
+            "tracked": (SCRIPT, [*TINY_RUN, "--track"], root / "tracked", wandb_env),
+        }
+    )
+    return {name: (result, root / name) for name, result in results.items()}
+
+
+def completed_run_dir(tiny_runs, name: str) -> Path:
+    """The run directory of a tiny run, after checking the script exited 0."""
+    result, cwd = tiny_runs[name]
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run_dir(cwd)
+
+
+def test_training_run_logs_cleanrl_metrics(tiny_runs):
+    """A tiny run writes every CleanRL scalar, once per iteration, with the annealed learning rate."""
+    scalars = read_scalars(completed_run_dir(tiny_runs, "first"))
+    missing = [tag for tag in CLEANRL_TAGS if tag not in scalars]
+    assert not missing, f"missing tags {missing}; got {sorted(scalars)}"
+    for tag in CLEANRL_TAGS:
+        if tag.startswith("losses/") or tag in ("charts/learning_rate", "charts/SPS"):
+            assert [step for step, _ in scalars[tag]] == [256, 512], tag  # once per iteration
+            assert all(math.isfinite(v) for _, v in scalars[tag]), tag
+    lrs = [v for _, v in scalars["charts/learning_rate"]]
+    assert lrs == pytest.approx([3e-4, 1.5e-4])  # frac = 1 - (iteration - 1) / 2, logged after the update
+    returns, lengths = scalars["charts/episodic_return"], scalars["charts/episodic_length"]
+    assert len(returns) == len(lengths) >= 2
+    assert all(0 < step <= 512 and math.isfinite(v) for step, v in returns)
+    assert all(1 <= v <= 512 and v == int(v) for _, v in lengths)
+    assert sum(v for _, v in lengths) <= 512
+
+
+def test_track_offline_creates_wandb_run(tiny_runs):
+    """--track with WANDB_MODE=offline exits 0 without network and writes an offline run under wandb/."""
+    completed_run_dir(tiny_runs, "tracked")
+    _, cwd = tiny_runs["tracked"]
+    offline_runs = list((cwd / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1, list((cwd / "wandb").iterdir()) if (cwd / "wandb").exists() else "no wandb/"
+    assert list(offline_runs[0].glob("run-*.wandb")), "offline run has no .wandb log"
+
+
+def test_same_seed_gives_identical_scalars_and_weights(tiny_runs):
+    """Two runs with the same seed log the same numbers (all but SPS) and save the same weights."""
+    first, twin = completed_run_dir(tiny_runs, "first"), completed_run_dir(tiny_runs, "twin")
+    first_scalars, twin_scalars = read_scalars(first), read_scalars(twin)
+    assert sorted(first_scalars) == sorted(twin_scalars)
+    assert first_scalars["losses/value_loss"] == twin_scalars["losses/value_loss"]
+    assert first_scalars["charts/episodic_return"] == twin_scalars["charts/episodic_return"]
+    for tag in first_scalars:
+        if tag != "charts/SPS":
+            np.testing.assert_array_equal(first_scalars[tag], twin_scalars[tag], err_msg=tag)
+    first_ckpt = torch.load(first / "ppo_continuous.pt", weights_only=False)
+    twin_ckpt = torch.load(twin / "ppo_continuous.pt", weights_only=False)
+    for key, tensor in first_ckpt["agent"].items():
+        assert torch.equal(tensor, twin_ckpt["agent"][key]), key
+
+
+@pytest.fixture(scope="module")
+def saved_model(tiny_runs):
+    """(path, checkpoint, scalars) of the first tiny run's saved model."""
+    run_dir = completed_run_dir(tiny_runs, "first")
+    path = run_dir / "ppo_continuous.pt"
+    assert path.is_file(), f"--save-model wrote no {path.name}; run dir holds {[p.name for p in run_dir.iterdir()]}"
+    return path, torch.load(path, weights_only=False), read_scalars(run_dir)
+
+
+def test_saved_model_holds_weights_and_obs_statistics(saved_model):
+    """The checkpoint has actor, critic and log-std weights plus the training env's observation statistics."""
+    _, checkpoint, scalars = saved_model
+    weights = checkpoint["agent"]
+    assert weights["actor_logstd"].shape == (1, 3)
+    assert weights["actor_mean.0.weight"].shape == (64, 11) and weights["actor_mean.4.weight"].shape == (3, 64)
+    assert weights["critic.0.weight"].shape == (64, 11) and weights["critic.4.weight"].shape == (1, 64)
+    stats = checkpoint["obs_rms"]
+    assert stats["mean"].shape == stats["var"].shape == (11,)
+    assert np.all(stats["var"] > 0) and np.isfinite(stats["mean"]).all()
+    # Every observation the training env emitted updated the statistics: the first reset, 512 steps,
+    # and one reset per finished episode (RunningMeanStd starts from a count of 1e-4).
+    num_episodes = len(scalars["charts/episodic_return"])
+    assert stats["count"] == pytest.approx(1 + 512 + num_episodes + 1e-4)
+
+
+def test_evaluate_returns_finite_returns(saved_model):
+    """evaluate on the saved model runs 2 Hopper episodes and returns 2 finite returns, logged as eval/."""
+    path, _, scalars = saved_model
+    returns = ppo_continuous.evaluate(path, "Hopper-v4", eval_episodes=2, seed=1)
+    assert len(returns) == 2 and all(isinstance(r, float) and math.isfinite(r) for r in returns)
+    assert len(scalars["eval/episodic_return"]) == 10  # the script's own evaluation after --save-model
+
+
+@pytest.fixture
+def recorded_evaluation(saved_model, monkeypatch):
+    """Run evaluate on the saved model while recording the Agent and vector env it builds."""
+    agents, vector_envs = [], []
+
+    class RecordingAgent(ppo_continuous.Agent):
+        def __init__(self, *args):
+            super().__init__(*args)
+            agents.append(self)
+
+    def recording_make_envs(*args):
+        vector_envs.append(make_envs(*args))
+        return vector_envs[-1]
+
+    make_envs = ppo_continuous.make_envs
+    monkeypatch.setattr(ppo_continuous, "Agent", RecordingAgent)
+    monkeypatch.setattr(ppo_continuous, "make_envs", recording_make_envs)
+    path, checkpoint, _ = saved_model
+    ppo_continuous.evaluate(path, "Hopper-v4", eval_episodes=2, seed=1)
+    assert len(agents) == len(vector_envs) == 1
+    return checkpoint, agents[0], vector_envs[0]
+
+
+def test_evaluate_loads_exact_weights(recorded_evaluation):
+    """The evaluated agent carries exactly the saved weights."""
+    checkpoint, agent, _ = recorded_evaluation
+    loaded = agent.state_dict()
+    assert loaded.keys() == checkpoint["agent"].keys()
+    for key, tensor in checkpoint["agent"].items():
+        assert torch.equal(loaded[key], tensor), key
+
+
+def test_evaluate_uses_frozen_saved_obs_statistics(recorded_evaluation):
+    """The evaluation env normalizes with exactly the saved observation statistics, left frozen while it runs."""
+    checkpoint, _, envs = recorded_evaluation
+    normalizer = find_wrapper(envs.envs[0], gym.wrappers.NormalizeObservation)
+    assert not normalizer.update_running_mean, "observation statistics kept updating during evaluation"
+    np.testing.assert_array_equal(normalizer.obs_rms.mean, checkpoint["obs_rms"]["mean"])
+    np.testing.assert_array_equal(normalizer.obs_rms.var, checkpoint["obs_rms"]["var"])
+    assert normalizer.obs_rms.count == checkpoint["obs_rms"]["count"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. Bad inputs
+# ---------------------------------------------------------------------------------------------------------------
+
+BAD_INPUTS = {
+    "discrete-action-env": (["--env-id", "CartPole-v1"], "Discrete"),
+    "unknown-env-id": (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+    "minibatches-do-not-divide": (["--num-steps", "100", "--num-minibatches", "32"], "not divisible"),
+    "total-below-one-batch": (["--num-steps", "256", "--total-timesteps", "100"], "smaller than one batch"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """All bad-input invocations, started concurrently once for the module."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    return run_scripts({case: (SCRIPT, args, root / case, {}) for case, (args, _) in BAD_INPUTS.items()})
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_fails_with_one_error_line(bad_input_runs, case):
+    """One `error:` line on stderr naming the problem, non-zero exit, no traceback."""
+    result = bad_input_runs[case]
+    _, expected = BAD_INPUTS[case]
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
