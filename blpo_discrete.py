@@ -273,16 +273,10 @@ def functional_critic(critic):
     return critic_fn
 
 
-def critic_loss_fn(critic_fn, obs, returns):
-    """L(w) = mean_i (V_w(s_i) - G_i)^2 on one minibatch."""
-    return lambda w: ((critic_fn(w, obs) - returns) ** 2).mean()
-
-
-def make_hvp(loss_fn, w):
-    """u -> H u for the Hessian H of loss_fn at w, by double backward through one retained gradient graph.
-    u is one vector (d,) or a batch of them (k, d)."""
-    w = w.detach().requires_grad_()
-    (grad,) = torch.autograd.grad(loss_fn(w), w, create_graph=True)
+def make_hvp(loss, w):
+    """u -> H u for the Hessian H of `loss` (computed from w with its graph) at w, by double backward through
+    one retained gradient graph. u is one vector (d,) or a batch of them (k, d)."""
+    (grad,) = torch.autograd.grad(loss, w, create_graph=True)
 
     def hvp(u):
         return torch.autograd.grad(grad, w, grad_outputs=u, retain_graph=True, is_grads_batched=u.dim() == 2)[0]
@@ -385,19 +379,18 @@ class HypergradStats:
         return means
 
 
-def hypergradient(g, v, ratio, actor_params, critic_fn, w, mb_obs, mb_returns, args, generator):
+def hypergradient(g, v, hvp, ratio, actor_params, critic_fn, w, mb_obs, mb_returns, args, generator):
     """Steps 3-5 of a BLPO update. Returns (h, c, x, bound_active, fell_back).
 
-    g = grad_theta l and v = grad_w l are given; x ~ (H + rho I)^-1 v with H the Hessian of the critic's
-    minibatch loss at w; c = (d^2 L / d theta d w) x; h = g - c with ||c|| <= beta ||g||.
+    g = grad_theta l and v = grad_w l are given, and hvp(u) = H u with H the Hessian of the critic's minibatch
+    loss at w; x ~ (H + rho I)^-1 v; c = (d^2 L / d theta d w) x; h = g - c with ||c|| <= beta ||g||.
     """
-    hvp = make_hvp(critic_loss_fn(critic_fn, mb_obs, mb_returns), w)
     if args.ihvp == "nystrom":
         coords = torch.randperm(w.numel(), generator=generator)[: args.nystrom_rank].to(w.device)
         x = nystrom_ihvp(hessian_rows(hvp, coords, w.numel()), coords, v, args.nystrom_rho)
     else:
         x = cg_ihvp(hvp, v, args.nystrom_rho, args.nystrom_rank)
-    values, u = torch.func.jvp(lambda w_: critic_fn(w_, mb_obs), (w,), (x,))
+    values, u = torch.func.jvp(lambda w_: critic_fn(w_, mb_obs), (w.detach(),), (x,))
     c = mixed_term(ratio, mb_returns - values, u, actor_params)
     if args.flip_mixed_sign:
         c = -c
@@ -572,6 +565,7 @@ if __name__ == "__main__":
                         args.gamma,
                     )
                     mb_advantages = torch.einsum("ets,se->te", discount[mb_envs], deltas).reshape(-1)
+                    critic_loss = ((mb_values[:-1].reshape(-1) - mb_returns) ** 2).mean()  # L(w), for its Hessian
 
                 _, newlogprob, entropy = agent.get_action(mb_obs, actions[:, mb_envs].reshape(-1).long())
                 logratio = newlogprob - logprobs[:, mb_envs].reshape(-1)
@@ -599,8 +593,9 @@ if __name__ == "__main__":
                     # hypergradient h = g - (d^2 L / d theta d w)(H + rho I)^-1 v, bounded
                     *g_parts, v = torch.autograd.grad(actor_loss, actor_params + [w], retain_graph=True)
                     g = flat(g_parts)
+                    hvp = make_hvp(critic_loss, w)
                     h, c, x, bound_active, fell_back = hypergradient(
-                        g, v, ratio, actor_params, critic_fn, w, mb_obs, mb_returns, args, coord_generator
+                        g, v, hvp, ratio, actor_params, critic_fn, w, mb_obs, mb_returns, args, coord_generator
                     )
                     stats.add(g, c, bound_active, fell_back)
                     set_grads(actor_params, h)
@@ -632,7 +627,6 @@ if __name__ == "__main__":
             for name, value in stats.pop_means().items():
                 writer.add_scalar(f"hypergrad/{name}", value, global_step)
             writer.add_scalar("hypergrad/nonfinite_fallbacks", stats.fallbacks, global_step)
-            hvp = make_hvp(critic_loss_fn(critic_fn, mb_obs, mb_returns), w)
             residual = ihvp_residual(hvp, x, v, args.nystrom_rho)
             writer.add_scalar("hypergrad/ihvp_residual", residual, global_step)
         progress.update(args.batch_size)

@@ -37,6 +37,11 @@ def tiny_critic(obs_dim=3, hidden=4, seed=0):
     return nn.Sequential(nn.Linear(obs_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
 
+def critic_loss_fn(critic_fn, obs, returns):
+    """L(w) = mean_i (V_w(s_i) - G_i)^2, the critic's minibatch loss."""
+    return lambda w: ((critic_fn(w, obs) - returns) ** 2).mean()
+
+
 def blpo_args(**overrides):
     args = dict(
         ihvp="nystrom",
@@ -113,10 +118,11 @@ def test_hessian_rows_match_full_hessian(blpo):
     critic_fn = blpo.functional_critic(critic)
     w = blpo.flat(critic.parameters()).detach()
     obs, returns = torch.randn(9, 3), torch.randn(9)
-    loss_fn = blpo.critic_loss_fn(critic_fn, obs, returns)
+    loss_fn = critic_loss_fn(critic_fn, obs, returns)
     full = torch.autograd.functional.hessian(loss_fn, w)
     coords = torch.tensor([0, 7, 3, w.numel() - 1])
-    hvp = blpo.make_hvp(loss_fn, w)
+    w_leaf = w.clone().requires_grad_()
+    hvp = blpo.make_hvp(loss_fn(w_leaf), w_leaf)
     torch.testing.assert_close(blpo.hessian_rows(hvp, coords, w.numel()), full[coords])
     u = torch.randn(w.numel())
     torch.testing.assert_close(hvp(u), full @ u)
@@ -251,7 +257,7 @@ class TinyProblem:
             self.actor_loss(self.theta.requires_grad_(), self.w.requires_grad_()), (self.theta, self.w)
         )
         hessian = torch.autograd.functional.hessian(
-            self.blpo.critic_loss_fn(self.critic_fn, self.obs, self.returns), self.w.detach()
+            critic_loss_fn(self.critic_fn, self.obs, self.returns), self.w.detach()
         )
         mixed = torch.autograd.functional.jacobian(
             lambda theta: torch.func.grad(lambda w: self.score_critic_loss(theta, w))(self.w.detach()),
@@ -260,23 +266,19 @@ class TinyProblem:
         x = torch.linalg.solve(hessian + rho * torch.eye(len(hessian)), v)
         return g - mixed.T @ x, g
 
-    def script_hypergradient(self, args):
-        """The script's steps 3-5 on the same problem, fed as in its update loop."""
+    def script_hypergradient(self, args, poison_v=False):
+        """The script's steps 3-5 on the same problem, fed as in its update loop; poison_v makes v NaN.
+        Returns (g, h, c, x, bound_active, fell_back)."""
         theta = self.theta.detach().requires_grad_()
         w = self.w.detach().requires_grad_()
         ratio = self.ratio(theta)
         g, v = torch.autograd.grad(self.actor_loss(theta, w), (theta, w), retain_graph=True)
-        return self.blpo.hypergradient(
-            g,
-            v,
-            ratio,
-            [theta],
-            self.critic_fn,
-            w.detach(),
-            self.obs,
-            self.returns,
-            args,
-            torch.Generator().manual_seed(0),
+        if poison_v:
+            v = torch.full_like(v, float("nan"))
+        hvp = self.blpo.make_hvp(critic_loss_fn(self.critic_fn, self.obs, self.returns)(w), w)
+        generator = torch.Generator().manual_seed(0)
+        return g, *self.blpo.hypergradient(
+            g, v, hvp, ratio, [theta], self.critic_fn, w, self.obs, self.returns, args, generator
         )
 
 
@@ -287,11 +289,12 @@ def test_hypergradient_matches_implicit_function_theorem(blpo, ihvp, rho):
     exact for any rho, CG needs rho large enough for H + rho I to be positive definite."""
     problem = TinyProblem(blpo)
     d = problem.w.numel()
-    expected, g = problem.dense_hypergradient(rho)
-    h, c, x, bound_active, fell_back = problem.script_hypergradient(
+    expected, g_dense = problem.dense_hypergradient(rho)
+    g, h, c, x, bound_active, fell_back = problem.script_hypergradient(
         blpo_args(ihvp=ihvp, nystrom_rank=d, nystrom_rho=rho)
     )
     assert not bound_active and not fell_back
+    torch.testing.assert_close(g, g_dense)
     assert (expected - g).norm() > 1e-3 * g.norm()  # the correction is far above the tolerance below
     torch.testing.assert_close(h, expected, rtol=1e-6, atol=1e-8)
 
@@ -300,38 +303,21 @@ def test_bound_caps_the_correction(blpo):
     """With the bound active, h = g - beta ||g|| c / ||c||."""
     problem = TinyProblem(blpo)
     beta = 0.01
-    h, c, x, bound_active, fell_back = problem.script_hypergradient(
+    g, h, c, x, bound_active, fell_back = problem.script_hypergradient(
         blpo_args(nystrom_rank=problem.w.numel(), hypergrad_bound=beta, nystrom_rho=0.05)
     )
-    _, g = problem.dense_hypergradient(0.05)
     assert bound_active and not fell_back
     torch.testing.assert_close(h, g - beta * g.norm() * c / c.norm())
     flipped = problem.script_hypergradient(
         blpo_args(nystrom_rank=problem.w.numel(), hypergrad_bound=beta, nystrom_rho=0.05, flip_mixed_sign=True)
     )
-    torch.testing.assert_close(flipped[0], g + beta * g.norm() * c / c.norm())
+    torch.testing.assert_close(flipped[1], g + beta * g.norm() * c / c.norm())
 
 
 def test_nonfinite_correction_falls_back_to_direct_gradient(blpo):
     """A forced non-finite correction: h = g, counted, and the actor's weights stay finite after a step."""
     problem = TinyProblem(blpo)
-    theta = problem.theta.detach().requires_grad_()
-    w = problem.w.detach().requires_grad_()
-    ratio = problem.ratio(theta)
-    g, v = torch.autograd.grad(problem.actor_loss(theta, w), (theta, w), retain_graph=True)
-    v = torch.full_like(v, float("nan"))
-    h, c, x, bound_active, fell_back = blpo.hypergradient(
-        g,
-        v,
-        ratio,
-        [theta],
-        problem.critic_fn,
-        w.detach(),
-        problem.obs,
-        problem.returns,
-        blpo_args(),
-        torch.Generator(),
-    )
+    g, h, c, x, bound_active, fell_back = problem.script_hypergradient(blpo_args(), poison_v=True)
     assert fell_back and not torch.isfinite(c).all()
     torch.testing.assert_close(h, g)
 
@@ -346,3 +332,13 @@ def test_nonfinite_correction_falls_back_to_direct_gradient(blpo):
     optimizer.step()
     assert all(torch.isfinite(p).all() for p in params)
     assert not torch.equal(blpo.flat(params), problem.theta)
+
+
+def test_ihvp_residual(blpo):
+    """Zero for the exact solution of (H + rho I) x = v, one for x = 0."""
+    gen = torch.Generator().manual_seed(7)
+    h = random_symmetric(6, gen) + 4 * torch.eye(6)
+    v = torch.randn(6, generator=gen)
+    exact = torch.linalg.solve(h + 0.5 * torch.eye(6), v)
+    assert blpo.ihvp_residual(lambda u: h @ u, exact, v, 0.5) < 1e-12
+    assert blpo.ihvp_residual(lambda u: h @ u, torch.zeros(6), v, 0.5) == pytest.approx(1.0)
