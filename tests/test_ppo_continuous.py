@@ -1,91 +1,31 @@
-"""Tests for ppo_continuous.py: env pipeline, GAE, Gaussian policy, and the script end to end."""
+"""Tests for ppo_continuous.py: env pipeline, GAE, Gaussian policy, and the script end to end.
 
+The Gaussian policy and action clipping checks also run on blpo_continuous.py, which shares that code.
+"""
+
+import importlib
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from scripts import CLEANRL_TAGS, assert_fails_with_one_error_line, read_scalars, record_calls, run_scripts
 
 import ppo_continuous
 
-SCRIPT = Path(__file__).resolve().parent.parent / "ppo_continuous.py"
-SCRIPT_TIMEOUT = 180  # seconds; a hung run (e.g. wandb waiting on a network) fails instead of blocking
 # Two iterations of 256 steps on one Hopper env: episodes end, the whole run takes seconds.
-TINY_RUN = ["--env-id", "Hopper-v4", "--total-timesteps", "512", "--num-steps", "256"]
+TINY_RUN = ["ppo_continuous.py", "--env-id", "Hopper-v4", "--total-timesteps", "512", "--num-steps", "256"]
 TINY_RUN += ["--num-minibatches", "4", "--update-epochs", "1", "--seed", "7"]
-CLEANRL_TAGS = [
-    "charts/episodic_return",
-    "charts/episodic_length",
-    "charts/learning_rate",
-    "charts/SPS",
-    "losses/value_loss",
-    "losses/policy_loss",
-    "losses/entropy",
-    "losses/old_approx_kl",
-    "losses/approx_kl",
-    "losses/clipfrac",
-    "losses/explained_variance",
-]
+CONTINUOUS_SCRIPTS = ["ppo_continuous", "blpo_continuous"]
+
+pytestmark = pytest.mark.usefixtures("run_in_tmp_cwd")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Shared helpers: run scripts in subprocesses, read TensorBoard scalars, walk wrapper chains
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def start_script(script: Path, args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
-    """Start `python script *args` in `cwd` with one OpenMP thread; stdout/stderr go to files in `cwd`."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl", **env}
-    with open(cwd / "stdout.log", "w") as out, open(cwd / "stderr.log", "w") as err:
-        return subprocess.Popen([sys.executable, str(script), *args], cwd=cwd, env=full_env, stdout=out, stderr=err)
-
-
-def finish_script(proc: subprocess.Popen, cwd: Path, timeout: float = SCRIPT_TIMEOUT) -> subprocess.CompletedProcess:
-    """Wait for a `start_script` process; kill it and fail if it outlives `timeout`. Returns its code and output."""
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"{proc.args} did not finish within {timeout} s")
-    stdout, stderr = (cwd / "stdout.log").read_text(), (cwd / "stderr.log").read_text()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
-ScriptJob = tuple[Path, list[str], Path, dict[str, str]]  # (script, args, cwd, extra env)
-
-
-def run_scripts(jobs: dict[str, ScriptJob]) -> dict[str, subprocess.CompletedProcess]:
-    """Run several `(script, args, cwd, env)` jobs concurrently, each in its own `cwd`; return their results."""
-    procs = {name: start_script(script, args, cwd, **env) for name, (script, args, cwd, env) in jobs.items()}
-    try:
-        return {name: finish_script(proc, jobs[name][2]) for name, proc in procs.items()}
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def only_run_dir(cwd: Path) -> Path:
-    """The single `runs/{run_name}` directory a script run wrote in `cwd`."""
-    run_dirs = list((cwd / "runs").iterdir())
-    assert len(run_dirs) == 1, run_dirs
-    return run_dirs[0]
-
-
-def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in a TensorBoard event directory: tag -> [(step, value), ...] in logging order."""
-    accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+@pytest.fixture(params=CONTINUOUS_SCRIPTS)
+def continuous_script(request):
+    """ppo_continuous or blpo_continuous, which share the Gaussian policy and the env pipeline."""
+    return importlib.import_module(request.param)
 
 
 def find_wrapper(env: gym.Env, wrapper_type: type) -> gym.Wrapper:
@@ -94,12 +34,6 @@ def find_wrapper(env: gym.Env, wrapper_type: type) -> gym.Wrapper:
         assert isinstance(env, gym.Wrapper), f"no {wrapper_type.__name__} in the wrapper chain"
         env = env.env
     return env
-
-
-@pytest.fixture(autouse=True)
-def run_in_tmp_cwd(tmp_path, monkeypatch):
-    """Keep files written to the working directory (e.g. MuJoCo's MUJOCO_LOG.TXT) out of the repository."""
-    monkeypatch.chdir(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,9 +110,9 @@ def test_large_raw_observations_and_rewards_are_clipped_to_10(spike_env_id):
     assert reward == -10.0
 
 
-def test_out_of_range_actions_are_clipped_before_the_simulator():
+def test_out_of_range_actions_are_clipped_before_the_simulator(continuous_script):
     """ClipAction: MuJoCo receives the action clipped to the [-1, 1] control range."""
-    env = ppo_continuous.make_env("HalfCheetah-v4", 0, False, "x", 0.99)()
+    env = continuous_script.make_env("HalfCheetah-v4", 0, False, "x", 0.99)()
     env.reset(seed=0)
     env.step(np.array([5.0, -5.0, 0.5, -0.25, 100.0, -100.0]))
     np.testing.assert_array_equal(env.unwrapped.data.ctrl, [1.0, -1.0, 0.5, -0.25, 1.0, -1.0])
@@ -254,31 +188,38 @@ def test_compute_gae_hand_worked_example():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_gaussian_log_prob_and_entropy_match_torch_normal():
+def test_gaussian_log_prob_and_entropy_match_torch_normal(continuous_script):
     """Diagonal Gaussian log-prob and entropy, summed over 3 action dims, equal torch.distributions.Normal's."""
     mean = torch.tensor([[0.0, 1.0, -2.0], [0.5, -0.5, 3.0]])
     logstd = torch.tensor([[0.0, -1.0, 0.7], [0.3, 0.0, -2.0]])
     action = torch.tensor([[0.1, 2.0, -2.5], [0.0, 0.0, 3.1]])
     normal = torch.distributions.Normal(mean, logstd.exp())
-    log_prob = ppo_continuous.gaussian_log_prob(action, mean, logstd)
-    entropy = ppo_continuous.gaussian_entropy(logstd)
+    log_prob = continuous_script.gaussian_log_prob(action, mean, logstd)
+    entropy = continuous_script.gaussian_entropy(logstd)
     assert log_prob.shape == entropy.shape == (2,)
     torch.testing.assert_close(log_prob, normal.log_prob(action).sum(-1))
     torch.testing.assert_close(entropy, normal.entropy().sum(-1))
     # One value by hand: N(0; 0, 1) has log-density -0.5 * log(2 pi)
     zero = torch.zeros(1, 1)
-    assert ppo_continuous.gaussian_log_prob(zero, zero, zero).item() == pytest.approx(-0.5 * math.log(2 * math.pi))
+    assert continuous_script.gaussian_log_prob(zero, zero, zero).item() == pytest.approx(-0.5 * math.log(2 * math.pi))
 
 
-def test_agent_get_action_and_value_is_consistent():
-    """get_action_and_value scores a given action with the Gaussian helpers and returns the critic's value."""
+def act(agent, x, action=None):
+    """(action, log_prob, entropy, value) from either script's Agent; BLPO's get_action leaves out the value."""
+    if hasattr(agent, "get_action_and_value"):
+        return agent.get_action_and_value(x, action)
+    return *agent.get_action(x, action), agent.get_value(x)
+
+
+def test_agent_get_action_and_value_is_consistent(continuous_script):
+    """The agent scores a given action with the Gaussian helpers and returns the critic's value."""
     torch.manual_seed(0)
-    agent = ppo_continuous.Agent(5, 3)
+    agent = continuous_script.Agent(5, 3)
     with torch.no_grad():
         agent.actor_logstd.copy_(torch.tensor([[0.2, -0.4, 0.1]]))
     x = torch.randn(4, 5)
     given = torch.randn(4, 3)
-    action, log_prob, entropy, value = agent.get_action_and_value(x, given)
+    action, log_prob, entropy, value = act(agent, x, given)
     assert action is given
     with torch.no_grad():
         normal = torch.distributions.Normal(agent.actor_mean(x), agent.actor_logstd.exp().expand(4, 3))
@@ -287,7 +228,7 @@ def test_agent_get_action_and_value_is_consistent():
         torch.testing.assert_close(value, agent.critic(x).squeeze(-1))
     assert log_prob.shape == entropy.shape == value.shape == (4,)
 
-    sampled, sampled_log_prob, _, _ = agent.get_action_and_value(x)
+    sampled, sampled_log_prob, _, _ = act(agent, x)
     assert sampled.shape == (4, 3)
     with torch.no_grad():
         torch.testing.assert_close(sampled_log_prob, normal.log_prob(sampled).sum(-1))
@@ -310,26 +251,17 @@ def tiny_runs(tmp_path_factory):
         "WANDB_CACHE_DIR": str(root / "wandb_home"),
         "WANDB_DATA_DIR": str(root / "wandb_home"),
     }
-    results = run_scripts(
-        {
-            "first": (SCRIPT, [*TINY_RUN, "--save-model"], root / "first", {}),
-            "twin": (SCRIPT, [*TINY_RUN, "--save-model"], root / "twin", {}),
-            "tracked": (SCRIPT, [*TINY_RUN, "--track"], root / "tracked", wandb_env),
-        }
-    )
-    return {name: (result, root / name) for name, result in results.items()}
-
-
-def completed_run_dir(tiny_runs, name: str) -> Path:
-    """The run directory of a tiny run, after checking the script exited 0."""
-    result, cwd = tiny_runs[name]
-    assert result.returncode == 0, result.stderr[-3000:]
-    return only_run_dir(cwd)
+    commands = {
+        "first": [*TINY_RUN, "--save-model"],
+        "twin": [*TINY_RUN, "--save-model"],
+        "tracked": [*TINY_RUN, "--track"],
+    }
+    return run_scripts(root, commands, envs={"tracked": wandb_env})
 
 
 def test_training_run_logs_cleanrl_metrics(tiny_runs):
     """A tiny run writes every CleanRL scalar, once per iteration, with the annealed learning rate."""
-    scalars = read_scalars(completed_run_dir(tiny_runs, "first"))
+    scalars = read_scalars(tiny_runs["first"].run_dir())
     missing = [tag for tag in CLEANRL_TAGS if tag not in scalars]
     assert not missing, f"missing tags {missing}; got {sorted(scalars)}"
     for tag in CLEANRL_TAGS:
@@ -347,8 +279,8 @@ def test_training_run_logs_cleanrl_metrics(tiny_runs):
 
 def test_track_offline_creates_wandb_run(tiny_runs):
     """--track with WANDB_MODE=offline exits 0 without network and writes an offline run under wandb/."""
-    completed_run_dir(tiny_runs, "tracked")
-    _, cwd = tiny_runs["tracked"]
+    tiny_runs["tracked"].run_dir()
+    cwd = tiny_runs["tracked"].cwd
     offline_runs = list((cwd / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1, list((cwd / "wandb").iterdir()) if (cwd / "wandb").exists() else "no wandb/"
     assert list(offline_runs[0].glob("run-*.wandb")), "offline run has no .wandb log"
@@ -356,7 +288,7 @@ def test_track_offline_creates_wandb_run(tiny_runs):
 
 def test_same_seed_gives_identical_scalars_and_weights(tiny_runs):
     """Two runs with the same seed log the same numbers (all but SPS) and save the same weights."""
-    first, twin = completed_run_dir(tiny_runs, "first"), completed_run_dir(tiny_runs, "twin")
+    first, twin = tiny_runs["first"].run_dir(), tiny_runs["twin"].run_dir()
     first_scalars, twin_scalars = read_scalars(first), read_scalars(twin)
     assert sorted(first_scalars) == sorted(twin_scalars)
     assert first_scalars["losses/value_loss"] == twin_scalars["losses/value_loss"]
@@ -373,7 +305,7 @@ def test_same_seed_gives_identical_scalars_and_weights(tiny_runs):
 @pytest.fixture(scope="module")
 def saved_model(tiny_runs):
     """(path, checkpoint, scalars) of the first tiny run's saved model."""
-    run_dir = completed_run_dir(tiny_runs, "first")
+    run_dir = tiny_runs["first"].run_dir()
     path = run_dir / "ppo_continuous.pt"
     assert path.is_file(), f"--save-model wrote no {path.name}; run dir holds {[p.name for p in run_dir.iterdir()]}"
     return path, torch.load(path, weights_only=False), read_scalars(run_dir)
@@ -406,20 +338,8 @@ def test_evaluate_returns_finite_returns(saved_model):
 @pytest.fixture
 def recorded_evaluation(saved_model, monkeypatch):
     """Run evaluate on the saved model while recording the Agent and vector env it builds."""
-    agents, vector_envs = [], []
-
-    class RecordingAgent(ppo_continuous.Agent):
-        def __init__(self, *args):
-            super().__init__(*args)
-            agents.append(self)
-
-    def recording_make_envs(*args):
-        vector_envs.append(make_envs(*args))
-        return vector_envs[-1]
-
-    make_envs = ppo_continuous.make_envs
-    monkeypatch.setattr(ppo_continuous, "Agent", RecordingAgent)
-    monkeypatch.setattr(ppo_continuous, "make_envs", recording_make_envs)
+    agents = record_calls(monkeypatch, ppo_continuous, "Agent")
+    vector_envs = record_calls(monkeypatch, ppo_continuous, "make_envs")
     path, checkpoint, _ = saved_model
     ppo_continuous.evaluate(path, "Hopper-v4", eval_episodes=2, seed=1)
     assert len(agents) == len(vector_envs) == 1
@@ -461,16 +381,10 @@ BAD_INPUTS = {
 def bad_input_runs(tmp_path_factory):
     """All bad-input invocations, started concurrently once for the module."""
     root = tmp_path_factory.mktemp("bad_inputs")
-    return run_scripts({case: (SCRIPT, args, root / case, {}) for case, (args, _) in BAD_INPUTS.items()})
+    return run_scripts(root, {case: ["ppo_continuous.py", *args] for case, (args, _) in BAD_INPUTS.items()})
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_fails_with_one_error_line(bad_input_runs, case):
     """One `error:` line on stderr naming the problem, non-zero exit, no traceback."""
-    result = bad_input_runs[case]
-    _, expected = BAD_INPUTS[case]
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert_fails_with_one_error_line(bad_input_runs[case].result, BAD_INPUTS[case][1])

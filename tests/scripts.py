@@ -1,0 +1,130 @@
+"""Helpers for the script-level tests: run repository scripts in subprocesses and read what they logged."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT_TIMEOUT = 180  # seconds; a hung run (e.g. wandb waiting on a network) fails instead of blocking
+CLEANRL_TAGS = [
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/learning_rate",
+    "charts/SPS",
+    "losses/value_loss",
+    "losses/policy_loss",
+    "losses/entropy",
+    "losses/old_approx_kl",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "losses/explained_variance",
+]
+
+
+def only_run_dir(cwd: Path) -> Path:
+    """The single `runs/{run_name}` directory a script run wrote in `cwd`."""
+    run_dirs = list((cwd / "runs").iterdir())
+    assert len(run_dirs) == 1, run_dirs
+    return run_dirs[0]
+
+
+class ScriptRun(NamedTuple):
+    """A finished script run: its exit code and output, and the working directory it ran in."""
+
+    result: subprocess.CompletedProcess
+    cwd: Path
+
+    def run_dir(self) -> Path:
+        """The single run directory the run wrote, after checking it exited 0."""
+        assert self.result.returncode == 0, self.result.stderr[-3000:]
+        return only_run_dir(self.cwd)
+
+
+def start_script(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start `python ROOT/script *flags` for `command = [script, *flags]` in `cwd` with one OpenMP thread;
+    stdout/stderr go to files in `cwd`."""
+    script, *flags = command
+    cwd.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl", **env}
+    with open(cwd / "stdout.log", "w") as out, open(cwd / "stderr.log", "w") as err:
+        argv = [sys.executable, str(ROOT / script), *flags]
+        return subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=out, stderr=err)
+
+
+def finish_script(proc: subprocess.Popen, cwd: Path, timeout: float = SCRIPT_TIMEOUT) -> ScriptRun:
+    """Wait for a `start_script` process; kill it and fail if it outlives `timeout`."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{proc.args} did not finish within {timeout} s")
+    stdout, stderr = (cwd / "stdout.log").read_text(), (cwd / "stderr.log").read_text()
+    return ScriptRun(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), cwd)
+
+
+class ScriptRuns:
+    """Script runs started together, each `[script, *flags]` command in its own `root / name` with extra environment
+    variables `envs.get(name)`. `runs[name]` waits for one of them (once); leaving the context kills the rest."""
+
+    def __init__(self, root: Path, commands: dict[str, list[str]], envs: dict[str, dict[str, str]] | None = None):
+        envs = envs or {}
+        self.root, self.finished = root, {}
+        self.procs = {
+            name: start_script(command, root / name, envs.get(name, {})) for name, command in commands.items()
+        }
+
+    def __getitem__(self, name: str) -> ScriptRun:
+        if name not in self.finished:
+            self.finished[name] = finish_script(self.procs[name], self.root / name)
+        return self.finished[name]
+
+    def __enter__(self) -> "ScriptRuns":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def run_scripts(
+    root: Path, commands: dict[str, list[str]], envs: dict[str, dict[str, str]] | None = None
+) -> dict[str, ScriptRun]:
+    """Run several commands concurrently as ScriptRuns does and wait for all of them."""
+    with ScriptRuns(root, commands, envs) as runs:
+        return {name: runs[name] for name in commands}
+
+
+def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a TensorBoard event directory: tag -> [(step, value), ...] in logging order."""
+    accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def assert_fails_with_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
+    """One `error:` line on stderr containing `expected`, non-zero exit, no traceback."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+
+
+def record_calls(monkeypatch: pytest.MonkeyPatch, module, name: str) -> list:
+    """Wrap `module.name` (a function or class) so that every call's result is appended to the returned list."""
+    original, results = getattr(module, name), []
+
+    def recording(*args, **kwargs):
+        results.append(original(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(module, name, recording)
+    return results
