@@ -285,9 +285,9 @@ def running_mean(values: np.ndarray, window: int = WINDOW) -> np.ndarray:
 
 
 def last_fraction_mean(episodes: Episodes, total_timesteps: int) -> float:
-    """Mean return of the episodes that ended in (LAST_FRACTION_START * total_timesteps, total_timesteps]
+    """Mean return of the episodes that ended in [LAST_FRACTION_START * total_timesteps, total_timesteps]
     (NaN if none did)."""
-    late = (episodes.steps > LAST_FRACTION_START * total_timesteps) & (episodes.steps <= total_timesteps)
+    late = (episodes.steps >= LAST_FRACTION_START * total_timesteps) & (episodes.steps <= total_timesteps)
     return float(episodes.returns[late].mean()) if late.any() else math.nan
 
 
