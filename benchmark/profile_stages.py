@@ -1,0 +1,107 @@
+"""Where the time of a training script goes, by the algorithm's steps.
+
+    python benchmark/profile_stages.py blpo_continuous.py --total-timesteps 20480
+
+Runs the script in this process (its own flags follow its name) while a sampling thread looks at the main
+thread's stack every few milliseconds. A sample is charged to the step comment (`# 1. Rollout ...`,
+`# 3a. Nested critic ...`) above the script line it is in; inside the hypergradient, the helper it is in
+(Hessian graph and rows, solve, mixed term) names a finer stage. Prints one line per stage with its share of
+the training loop's samples.
+"""
+
+import re
+import runpy
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INTERVAL = 0.002
+"""seconds between samples"""
+HELPERS = {
+    "make_hvp": "3c. Hessian graph (double-backward setup)",
+    "hvp": "3c. Hessian rows / products",
+    "hessian_rows": "3c. Hessian rows / products",
+    "nystrom_ihvp": "3c. solve",
+    "cg_ihvp": "3c. solve",
+    "mixed_term": "3c. mixed term",
+}
+"""hypergradient helpers that name a finer stage than their step comment"""
+
+
+def step_comments(path: Path) -> list[tuple[int, str]]:
+    """(line number, label) of every `# 1. ...`, `# 3a. ...` step comment, in file order."""
+    steps = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = re.match(r"\s*# (\d+[a-z]?)\. ([^:(,]+)", line)
+        if match:
+            steps.append((number, f"{match.group(1)}. {match.group(2).strip()}"))
+    return steps
+
+
+def stage_of(frame, script: str, steps: list[tuple[int, str]]) -> str | None:
+    """The stage a sampled stack is in, or None outside the training loop."""
+    helper = None
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename == script:
+            if code.co_name in HELPERS and helper is None:
+                helper = HELPERS[code.co_name]
+            if code.co_name == "hypergradient" and helper is None:
+                line = frame.f_lineno
+                source = Path(script).read_text().splitlines()[line - 1]
+                helper = "3c. mixed term" if "jvp" in source else "3c. hypergradient (other)"
+            if code.co_name == "<module>":
+                if frame.f_lineno < steps[0][0]:
+                    return None
+                label = [label for number, label in steps if number <= frame.f_lineno][-1]
+                return helper or label
+        frame = frame.f_back
+    return None
+
+
+def profile(script: Path, argv: list[str]) -> Counter:
+    """Run `script` with `argv` as __main__ and count samples per stage."""
+    steps = step_comments(script)
+    main = threading.main_thread().ident
+    counts: Counter = Counter()
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(INTERVAL):
+            frame = sys._current_frames().get(main)
+            stage = stage_of(frame, str(script), steps) if frame is not None else None
+            if stage is not None:
+                counts[stage] += 1
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sys.argv = [str(script), *argv]
+    sampler.start()
+    start = time.time()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        done.set()
+        sampler.join()
+    counts["wall-clock seconds"] = round(time.time() - start)
+    return counts
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or not (ROOT / sys.argv[1]).is_file():
+        sys.exit(
+            "error: name a training script of this repository, e.g. benchmark/profile_stages.py blpo_continuous.py"
+        )
+    command = " ".join(sys.argv[1:])
+    counts = profile(ROOT / sys.argv[1], sys.argv[2:])
+    seconds = counts.pop("wall-clock seconds")
+    total = sum(counts.values())
+    print(f"\n{command}: {total} samples over {seconds} s")
+    for stage, count in sorted(counts.items()):
+        print(f"{stage:45s} {100 * count / total:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
