@@ -248,19 +248,23 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
 
     dones[t] marks obs[t] as the first observation of a new episode, so step t bootstraps from
     values[t + 1] only when dones[t + 1] is 0. Returns (advantages, returns = advantages + values).
+    The reverse loop runs in NumPy, whose per-step overhead on small arrays is a fraction of torch's.
     """
-    num_steps = rewards.shape[0]
-    advantages = torch.zeros_like(rewards)
+    r, v, d = (x.cpu().numpy() for x in (rewards, values, dones))
+    next_value, next_done = next_value.cpu().numpy(), next_done.cpu().numpy()
+    num_steps = r.shape[0]
+    advantages = np.zeros_like(r)
     lastgaelam = 0
     for t in reversed(range(num_steps)):
         if t == num_steps - 1:
             nextnonterminal = 1.0 - next_done
             nextvalues = next_value
         else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
-        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+            nextnonterminal = 1.0 - d[t + 1]
+            nextvalues = v[t + 1]
+        delta = r[t] + gamma * nextvalues * nextnonterminal - v[t]
         advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    advantages = torch.as_tensor(advantages, device=values.device)
     return advantages, advantages + values
 
 
@@ -548,7 +552,7 @@ if __name__ == "__main__":
             dones[step] = next_done
 
             # ALGO LOGIC: action logic
-            with torch.no_grad():
+            with torch.inference_mode():
                 action, logprob, _ = agent.get_action(next_obs)
                 values[step] = agent.get_value(next_obs)
             actions[step] = action
