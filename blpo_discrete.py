@@ -572,7 +572,6 @@ if __name__ == "__main__":
                         args.gamma,
                     )
                     mb_advantages = torch.einsum("ets,se->te", discount[mb_envs], deltas).reshape(-1)
-                    critic_loss = ((mb_values[:-1].reshape(-1) - mb_returns) ** 2).mean()  # L(w), for its Hessian
 
                 _, newlogprob, entropy = agent.get_action(mb_obs, actions[:, mb_envs].reshape(-1).long())
                 logratio = newlogprob - logprobs[:, mb_envs].reshape(-1)
@@ -600,6 +599,7 @@ if __name__ == "__main__":
                     # hypergradient h = g - (d^2 L / d theta d w)(H + rho I)^-1 v, bounded
                     *g_parts, v = torch.autograd.grad(actor_loss, actor_params + [w], retain_graph=True)
                     g = flat(g_parts)
+                    critic_loss = ((mb_values[:-1].reshape(-1) - mb_returns) ** 2).mean()  # L(w) at this w
                     hvp = make_hvp(critic_loss, w)
                     h, c, x, bound_active, fell_back = hypergradient(
                         g, v, hvp, ratio, actor_params, critic_fn, w, mb_obs, mb_returns, args, coord_generator
