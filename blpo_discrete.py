@@ -547,9 +547,9 @@ if __name__ == "__main__":
             np.random.shuffle(env_inds)
             for start in range(0, args.num_envs, args.envs_per_minibatch):
                 mb_envs = env_inds[start : start + args.envs_per_minibatch]
-                mb_obs = obs[:, mb_envs].reshape((-1,) + envs.single_observation_space.shape)
                 mb_returns = returns[:, mb_envs].reshape(-1)
                 mb_states = torch.cat([obs[:, mb_envs], next_obs[None, mb_envs]]).flatten(0, 1)  # + bootstrap states
+                mb_obs = mb_states[: -len(mb_envs)]  # the segments' own states, step-major
 
                 # 3a. Nested critic: K optimizer steps on L(w) = mean (V_w(s) - G)^2, toward w*(theta)
                 for _ in range(args.nested_updates):
