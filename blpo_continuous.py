@@ -70,6 +70,8 @@ class Args:
     """the K epochs to update the policy"""
     norm_adv: bool = True
     """Toggles advantages normalization"""
+    norm_adv_stats: Literal["minibatch", "rollout"] = "minibatch"
+    """normalize A(w) with each minibatch's own mean and std (PPO), or with those of the rollout's advantages"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
     ent_coef: float = 0.0
@@ -578,6 +580,7 @@ if __name__ == "__main__":
                 rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
             )
             discount = gae_discount_matrix(dones, next_done, args.gamma, args.gae_lambda)
+            rollout_adv_mean, rollout_adv_std = advantages.mean(), advantages.std()
 
         # 3. Update: update_epochs passes over minibatches, each a bilevel step (critic K times, then actor).
         # A minibatch is whole trajectory segments of some envs, so A(w) is recomputed from their states alone.
@@ -624,7 +627,12 @@ if __name__ == "__main__":
                     clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
 
                 if args.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                    # a minibatch is a few whole segments, so its own mean also removes what they share
+                    if args.norm_adv_stats == "rollout":
+                        adv_mean, adv_std = rollout_adv_mean, rollout_adv_std
+                    else:
+                        adv_mean, adv_std = mb_advantages.mean(), mb_advantages.std()
+                    mb_advantages = (mb_advantages - adv_mean) / (adv_std + 1e-8)
 
                 # Policy loss: -min(r A, clip(r, 1 - eps, 1 + eps) A)
                 pg_loss1 = -mb_advantages * ratio
