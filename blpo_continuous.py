@@ -627,7 +627,8 @@ if __name__ == "__main__":
                     clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
 
                 if args.norm_adv:
-                    # a minibatch is a few whole segments, so its own mean also removes what they share
+                    # the minibatch's own mean also removes a shift shared by all its values, most of what the
+                    # hypergradient corrects; the rollout's statistics are constants in w and keep it
                     if args.norm_adv_stats == "rollout":
                         adv_mean, adv_std = rollout_adv_mean, rollout_adv_std
                     else:
