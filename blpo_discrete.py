@@ -69,6 +69,8 @@ class Args:
     """the K epochs to update the policy"""
     norm_adv: bool = True
     """Toggles advantages normalization"""
+    adv_values: Literal["critic", "rollout"] = "critic"
+    """the actor's advantages: A(w) from the current critic, or the rollout's GAE values with A(w)'s dependence on w"""
     norm_adv_stats: Literal["minibatch", "rollout"] = "minibatch"
     """normalize A(w) with each minibatch's own mean and std (PPO), or with those of the rollout's advantages"""
     clip_coef: float = 0.2
@@ -222,6 +224,11 @@ class Agent(nn.Module):
 
     def actor_parameters(self):
         return list(self.actor.parameters())
+
+
+def anchored_advantages(rollout_advantages, advantages_w):
+    """The rollout's advantages as values, A(w)'s as the dependence on w: A_rollout + A(w) - A(w_t), held at w_t."""
+    return rollout_advantages + (advantages_w - advantages_w.detach())
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
@@ -533,7 +540,7 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/episodic_length", episodic_length, global_step)
 
         # 2. Advantages: the critic's targets G = A + V once per rollout; the actor's advantages are
-        # recomputed from the current critic in every minibatch, A(w) = D delta(w)
+        # recomputed from the current critic in every minibatch, A(w) = D delta(w) (or anchored to these)
         with torch.no_grad():
             next_value = agent.get_value(next_obs)
             advantages, returns = compute_gae(
@@ -575,6 +582,9 @@ if __name__ == "__main__":
                         args.gamma,
                     )
                     mb_advantages = torch.einsum("ets,se->te", discount[mb_envs], deltas).reshape(-1)
+                    if args.adv_values == "rollout":
+                        # the critic has just been fitted to these samples' returns, which biases A(w) toward 0
+                        mb_advantages = anchored_advantages(advantages[:, mb_envs].reshape(-1), mb_advantages)
 
                 _, newlogprob, entropy = agent.get_action(mb_obs, actions[:, mb_envs].reshape(-1).long())
                 logratio = newlogprob - logprobs[:, mb_envs].reshape(-1)

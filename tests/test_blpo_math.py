@@ -178,6 +178,20 @@ def test_differentiable_gae_gradient_matches_finite_differences(blpo):
     assert torch.autograd.gradcheck(advantages, (w,), eps=1e-6, atol=1e-7)
 
 
+def test_anchored_advantages_keep_rollout_values_and_critic_gradient(blpo):
+    """A_rollout + A(w) - A(w_t): the rollout's values at w_t, and exactly A(w)'s derivative in w there."""
+    critic = tiny_critic()
+    critic_fn, obs = blpo.functional_critic(critic), torch.randn(6, 3)
+    rollout_advantages, weights = torch.randn(6), torch.randn(6)
+    w = blpo.flat(critic.parameters()).detach().requires_grad_()
+    advantages_w = critic_fn(w, obs) ** 2  # any differentiable A(w)
+    anchored = blpo.anchored_advantages(rollout_advantages, advantages_w)
+    assert torch.equal(anchored.detach(), rollout_advantages)
+    (grad_anchored,) = torch.autograd.grad(weights @ anchored, w, retain_graph=True)
+    (grad_critic,) = torch.autograd.grad(weights @ advantages_w, w)
+    torch.testing.assert_close(grad_anchored, grad_critic, rtol=0, atol=0)
+
+
 # --- Mixed term ---------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """blpo_discrete.py and blpo_continuous.py end to end, in subprocesses: the metrics and hypergradient diagnostics of
-tiny runs (also with --no-hypergrad, --ihvp cg and --norm-adv-stats rollout), saving and evaluating a model, same
-seed same numbers, clear errors on bad input, and a short CartPole run that has to learn.
+tiny runs (also with --no-hypergrad, --ihvp cg, --norm-adv-stats rollout and --adv-values rollout), saving and
+evaluating a model, same seed same numbers, clear errors on bad input, and a short CartPole run that has to learn.
 
 The math helpers are tested in test_blpo_math.py; blpo_continuous.py's Gaussian policy and action clipping next to
 ppo_continuous.py's in test_ppo_continuous.py.
@@ -27,7 +27,7 @@ HYPERGRAD_TAGS = [
 ]
 # ||(H + rho I) x - v|| / ||v|| on the tiny runs: rank-5 Nystrom leaves 0.1-2, 5 CG steps below 0.01; a solver that
 # forgot rho (x ~ v) would leave about rho = 50.
-MAX_IHVP_RESIDUAL = {"full": 10.0, "cg": 0.1, "rollout-norm": 10.0}
+MAX_IHVP_RESIDUAL = {"full": 10.0, "cg": 0.1, "rollout-norm": 10.0, "rollout-adv": 10.0}
 # Full BLPO at its CartPole defaults for 50k steps: the mean of the last 20 returns was 447.9 (seed 1) and 385.9
 # (seed 2); a random policy scores about 20, CleanRL's PPO about 200-300 at this budget.
 LEARNING_STEPS = 50_000
@@ -57,8 +57,13 @@ TINY_VARIANTS = {
     "full": ["--save-model"],
     "cg": ["--ihvp", "cg"],
     "rollout-norm": ["--norm-adv-stats", "rollout"],
+    "rollout-adv": ["--adv-values", "rollout", "--norm-adv-stats", "rollout"],
     "no-hypergrad": ["--no-hypergrad"],
+    "no-hypergrad-k1": ["--no-hypergrad", "--nested-updates", "1"],
+    "no-hypergrad-rollout-adv": ["--no-hypergrad", "--adv-values", "rollout"],
+    "no-hypergrad-rollout-adv-k1": ["--no-hypergrad", "--adv-values", "rollout", "--nested-updates", "1"],
 }
+ACTOR_TAGS = ["losses/policy_loss", "losses/entropy", "losses/old_approx_kl", "losses/approx_kl", "losses/clipfrac"]
 WRONG_ACTION_SPACE = {
     "blpo_discrete": (["--env-id", "Hopper-v4"], "needs a Discrete one"),
     "blpo_continuous": (["--env-id", "CartPole-v1"], "needs a continuous (Box) one"),
@@ -127,7 +132,7 @@ def test_tiny_run_logs_cleanrl_metrics(script_runs, script, variant):
     assert all(1 <= value <= 2 * tiny.batch and value == int(value) for _, value in lengths)
 
 
-@pytest.mark.parametrize("variant", ["full", "cg", "rollout-norm"])
+@pytest.mark.parametrize("variant", ["full", "cg", "rollout-norm", "rollout-adv"])
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_tiny_run_logs_sane_hypergrad_diagnostics(script_runs, script, variant):
     """Nystrom and CG runs log every hypergrad/ scalar once per iteration, finite and within its range."""
@@ -155,6 +160,20 @@ def test_minibatch_normalization_removes_most_of_the_correction(script_runs, scr
         for variant in ("full", "rollout-norm")
     }
     assert all(r >= 10 * m for r, m in zip(ratio["rollout-norm"], ratio["full"])), ratio
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_rollout_advantages_free_the_actor_from_the_critics_steps(script_runs, script):
+    """With --no-hypergrad and --adv-values rollout the actor follows PPO's advantages, fixed for the rollout: its
+    first update is the same whatever the number of nested critic steps. With A(w) from the current critic (the
+    default) the critic's steps change the advantages, and so the actor's update."""
+
+    def first_update(variant):
+        scalars = read_scalars(script_runs[f"{script}/{variant}"].run_dir())
+        return [per_iteration_values(scalars, tag, TINY[script])[0] for tag in ACTOR_TAGS]
+
+    assert first_update("no-hypergrad-rollout-adv") == first_update("no-hypergrad-rollout-adv-k1")
+    assert first_update("no-hypergrad") != first_update("no-hypergrad-k1")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
