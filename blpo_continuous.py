@@ -70,9 +70,9 @@ class Args:
     """the K epochs to update the policy"""
     norm_adv: bool = True
     """Toggles advantages normalization"""
-    adv_values: Literal["critic", "rollout"] = "critic"
+    adv_values: Literal["critic", "rollout"] = "rollout"
     """the actor's advantages: A(w) from the current critic, or the rollout's GAE values with A(w)'s dependence on w"""
-    norm_adv_stats: Literal["minibatch", "rollout"] = "minibatch"
+    norm_adv_stats: Literal["minibatch", "rollout"] = "rollout"
     """normalize A(w) with each minibatch's own mean and std (PPO), or with those of the rollout's advantages"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""

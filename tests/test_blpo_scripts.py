@@ -1,5 +1,5 @@
 """blpo_discrete.py and blpo_continuous.py end to end, in subprocesses: the metrics and hypergradient diagnostics of
-tiny runs (also with --no-hypergrad, --ihvp cg, --norm-adv-stats rollout and --adv-values rollout), saving and
+tiny runs (also with --no-hypergrad, --ihvp cg, and both settings of --norm-adv-stats and --adv-values), saving and
 evaluating a model, same seed same numbers, clear errors on bad input, and a short CartPole run that has to learn.
 
 The math helpers are tested in test_blpo_math.py; blpo_continuous.py's Gaussian policy and action clipping next to
@@ -27,7 +27,7 @@ HYPERGRAD_TAGS = [
 ]
 # ||(H + rho I) x - v|| / ||v|| on the tiny runs: rank-5 Nystrom leaves 0.1-2, 5 CG steps below 0.01; a solver that
 # forgot rho (x ~ v) would leave about rho = 50.
-MAX_IHVP_RESIDUAL = {"full": 10.0, "cg": 0.1, "rollout-norm": 10.0, "rollout-adv": 10.0}
+MAX_IHVP_RESIDUAL = {"full": 10.0, "cg": 0.1, "minibatch-norm": 10.0, "rollout-norm": 10.0, "rollout-adv": 10.0}
 # Full BLPO at its CartPole defaults for 50k steps: the mean of the last 20 returns was 447.9 (seed 1) and 385.9
 # (seed 2); a random policy scores about 20, CleanRL's PPO about 200-300 at this budget.
 LEARNING_STEPS = 50_000
@@ -56,10 +56,11 @@ TINY = {
 TINY_VARIANTS = {
     "full": ["--save-model"],
     "cg": ["--ihvp", "cg"],
-    "rollout-norm": ["--norm-adv-stats", "rollout"],
+    "minibatch-norm": ["--adv-values", "critic", "--norm-adv-stats", "minibatch"],
+    "rollout-norm": ["--adv-values", "critic", "--norm-adv-stats", "rollout"],
     "rollout-adv": ["--adv-values", "rollout", "--norm-adv-stats", "rollout"],
-    "no-hypergrad": ["--no-hypergrad"],
-    "no-hypergrad-k1": ["--no-hypergrad", "--nested-updates", "1"],
+    "no-hypergrad": ["--no-hypergrad", "--adv-values", "critic"],
+    "no-hypergrad-k1": ["--no-hypergrad", "--adv-values", "critic", "--nested-updates", "1"],
     "no-hypergrad-rollout-adv": ["--no-hypergrad", "--adv-values", "rollout"],
     "no-hypergrad-rollout-adv-k1": ["--no-hypergrad", "--adv-values", "rollout", "--nested-updates", "1"],
 }
@@ -132,7 +133,7 @@ def test_tiny_run_logs_cleanrl_metrics(script_runs, script, variant):
     assert all(1 <= value <= 2 * tiny.batch and value == int(value) for _, value in lengths)
 
 
-@pytest.mark.parametrize("variant", ["full", "cg", "rollout-norm", "rollout-adv"])
+@pytest.mark.parametrize("variant", ["full", "cg", "minibatch-norm", "rollout-norm", "rollout-adv"])
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_tiny_run_logs_sane_hypergrad_diagnostics(script_runs, script, variant):
     """Nystrom and CG runs log every hypergrad/ scalar once per iteration, finite and within its range."""
@@ -157,16 +158,16 @@ def test_minibatch_normalization_removes_most_of_the_correction(script_runs, scr
         variant: per_iteration_values(
             read_scalars(script_runs[f"{script}/{variant}"].run_dir()), "hypergrad/correction_ratio", TINY[script]
         )
-        for variant in ("full", "rollout-norm")
+        for variant in ("minibatch-norm", "rollout-norm")
     }
-    assert all(r >= 10 * m for r, m in zip(ratio["rollout-norm"], ratio["full"])), ratio
+    assert all(r >= 10 * m for r, m in zip(ratio["rollout-norm"], ratio["minibatch-norm"])), ratio
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_rollout_advantages_free_the_actor_from_the_critics_steps(script_runs, script):
     """With --no-hypergrad and --adv-values rollout the actor follows PPO's advantages, fixed for the rollout: its
-    first update is the same whatever the number of nested critic steps. With A(w) from the current critic (the
-    default) the critic's steps change the advantages, and so the actor's update."""
+    first update is the same whatever the number of nested critic steps. With --adv-values critic, A(w) from the
+    current critic, the critic's steps change the advantages, and so the actor's update."""
 
     def first_update(variant):
         scalars = read_scalars(script_runs[f"{script}/{variant}"].run_dir())
