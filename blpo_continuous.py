@@ -609,7 +609,7 @@ if __name__ == "__main__":
                     nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
                     critic_optimizer.step()
 
-                # 3b. Actor loss l(theta, w): clipped surrogate with A(w) from the current critic
+                # 3b. Actor loss l(theta, w): clipped surrogate with advantages that depend on w through A(w)
                 w = flat(agent.critic.parameters()).detach().requires_grad_(args.hypergrad)
                 with torch.set_grad_enabled(args.hypergrad):
                     mb_values = critic_fn(w, mb_states).view(args.num_steps + 1, len(mb_envs))
@@ -623,7 +623,8 @@ if __name__ == "__main__":
                     )
                     mb_advantages = torch.einsum("ets,se->te", discount[mb_envs], deltas).reshape(-1)
                     if args.adv_values == "rollout":
-                        # the critic has just been fitted to these samples' returns, which biases A(w) toward 0
+                        # the critic was just fitted to these samples' returns, which moves part of each action's
+                        # credit into V; keep the rollout's values, and A(w)'s dependence on w for v = grad_w l
                         mb_advantages = anchored_advantages(advantages[:, mb_envs].reshape(-1), mb_advantages)
 
                 _, newlogprob, entropy = agent.get_action(mb_obs, actions[:, mb_envs].flatten(0, 1))
