@@ -8,6 +8,7 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -239,6 +240,75 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
     return advantages, advantages + values
 
 
+class Batch(NamedTuple):
+    """A rollout flattened to (num_steps * num_envs, ...), step-major: sample i is step i // num_envs of env
+    i % num_envs."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+
+
+class Losses(NamedTuple):
+    """What one minibatch update logs."""
+
+    v_loss: float
+    pg_loss: float
+    entropy_loss: float
+    old_approx_kl: float
+    approx_kl: float
+    clipfrac: float
+
+
+def clipped_surrogate(ratio, advantages, clip_coef):
+    """PPO's policy loss: mean of -min(r A, clip(r, 1 - eps, 1 + eps) A)."""
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+    return torch.max(pg_loss1, pg_loss2).mean()
+
+
+def value_loss(newvalue, old_values, returns, clip_coef, clip_vloss):
+    """PPO's value loss: 0.5 mean (V - G)^2, with V clipped to old_values +- clip_coef if clip_vloss (elementwise
+    the larger of the clipped and unclipped squares)."""
+    v_loss_unclipped = (newvalue - returns) ** 2
+    if not clip_vloss:
+        return 0.5 * v_loss_unclipped.mean()
+    v_clipped = old_values + torch.clamp(newvalue - old_values, -clip_coef, clip_coef)
+    v_loss_clipped = (v_clipped - returns) ** 2
+    return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+
+
+def update_minibatch(agent, optimizer, batch, mb_inds, args):
+    """One optimizer step of PPO's loss on the samples mb_inds of the batch."""
+    _, newlogprob, entropy, newvalue = agent.get_action_and_value(batch.obs[mb_inds], batch.actions[mb_inds])
+    logratio = newlogprob - batch.logprobs[mb_inds]
+    ratio = logratio.exp()
+
+    with torch.no_grad():
+        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+        old_approx_kl = (-logratio).mean()
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+
+    mb_advantages = batch.advantages[mb_inds]
+    if args.norm_adv:
+        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+    pg_loss = clipped_surrogate(ratio, mb_advantages, args.clip_coef)
+    v_loss = value_loss(newvalue, batch.values[mb_inds], batch.returns[mb_inds], args.clip_coef, args.clip_vloss)
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return Losses(*(t.item() for t in (v_loss, pg_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac)))
+
+
 def obs_normalizer(envs):
     """The first env's NormalizeObservation wrapper, whose statistics belong to the trained policy."""
     env = envs.envs[0]
@@ -373,12 +443,14 @@ if __name__ == "__main__":
             )
 
         # flatten the batch
-        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
-        b_logprobs = logprobs.reshape(-1)
-        b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
-        b_advantages = advantages.reshape(-1)
-        b_returns = returns.reshape(-1)
-        b_values = values.reshape(-1)
+        batch = Batch(
+            obs=obs.reshape((-1,) + envs.single_observation_space.shape),
+            actions=actions.reshape((-1,) + envs.single_action_space.shape),
+            logprobs=logprobs.reshape(-1),
+            advantages=advantages.reshape(-1),
+            returns=returns.reshape(-1),
+            values=values.reshape(-1),
+        )
 
         # 3. Update: update_epochs passes of clipped-surrogate minibatch steps
         b_inds = np.arange(args.batch_size)
@@ -387,64 +459,24 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 end = start + args.minibatch_size
-                mb_inds = b_inds[start:end]
+                losses = update_minibatch(agent, optimizer, batch, b_inds[start:end], args)
+                clipfracs.append(losses.clipfrac)
 
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
-                logratio = newlogprob - b_logprobs[mb_inds]
-                ratio = logratio.exp()
-
-                with torch.no_grad():
-                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
-
-                mb_advantages = b_advantages[mb_inds]
-                if args.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                # Policy loss: -min(r A, clip(r, 1 - eps, 1 + eps) A)
-                pg_loss1 = -mb_advantages * ratio
-                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-
-                # Value loss
-                if args.clip_vloss:
-                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(
-                        newvalue - b_values[mb_inds],
-                        -args.clip_coef,
-                        args.clip_coef,
-                    )
-                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
-                    v_loss = 0.5 * v_loss_max.mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
-
-                entropy_loss = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                optimizer.step()
-
-            if args.target_kl is not None and approx_kl > args.target_kl:
+            if args.target_kl is not None and losses.approx_kl > args.target_kl:
                 break
 
-        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # 4. Logging
         sps = int(global_step / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/value_loss", losses.v_loss, global_step)
+        writer.add_scalar("losses/policy_loss", losses.pg_loss, global_step)
+        writer.add_scalar("losses/entropy", losses.entropy_loss, global_step)
+        writer.add_scalar("losses/old_approx_kl", losses.old_approx_kl, global_step)
+        writer.add_scalar("losses/approx_kl", losses.approx_kl, global_step)
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
