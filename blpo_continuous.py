@@ -293,7 +293,7 @@ def gae_discount_matrix(dones, next_done, gamma, gae_lambda):
     t = torch.arange(num_steps, device=dones.device)
     lag = (t[None, :] - t[:, None]).to(dones.dtype)  # lag[t, s] = s - t
     same_episode = episode[:, :, None] == episode[:, None, :]
-    return torch.where(same_episode & (lag >= 0), (gamma * gae_lambda) ** lag.clamp(min=0), 0.0)
+    return torch.where(same_episode & (lag >= 0), (gamma * gae_lambda) ** lag.clamp(min=0), 0.0).contiguous()
 
 
 def td_errors(values, next_value, rewards, dones, next_done, gamma):
@@ -328,7 +328,7 @@ def critic_advantages(values, batch, mb_inds, gamma):
     num_envs, num_steps = batch.discount.shape[:2]
     mb_inds = torch.as_tensor(mb_inds, device=values.device)
     mb_envs = mb_inds % num_envs
-    rows = batch.discount.view(-1, num_steps).index_select(0, mb_envs * num_steps + mb_inds // num_envs)
+    rows = batch.discount.reshape(-1, num_steps).index_select(0, mb_envs * num_steps + mb_inds // num_envs)
     deltas = td_errors(values[:-1], values[-1], batch.rewards, batch.dones, batch.next_done, gamma)
     return (rows * deltas.T.index_select(0, mb_envs)).sum(-1)
 

@@ -1,6 +1,7 @@
 # BLPO (Bi-Level Policy Optimization with Nystrom hypergradients, arXiv:2505.11714) for discrete actions.
-# PPO's actor-critic as a Stackelberg game: the critic (follower) takes K nested steps toward its best
-# response, and the actor (leader) follows the hypergradient through that response.
+# PPO's actor-critic as a Stackelberg game: the critic (follower) takes K steps toward its best response on
+# each minibatch, and the actor (leader) follows the hypergradient through that response. With
+# --nested-updates 1 --no-hypergrad every update is CleanRL's ppo.py's.
 import os
 import random
 import sys
@@ -8,7 +9,7 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -50,9 +51,9 @@ class Args:
     total_timesteps: int = 500000
     """total timesteps of the experiments"""
     actor_lr: float = 2.5e-4
-    """the learning rate of the actor's optimizer"""
+    """the learning rate of the actor's parameters"""
     critic_lr: float = 2.5e-4
-    """the learning rate of the critic's optimizer"""
+    """the learning rate of the critic's parameters"""
     num_envs: int = 4
     """the number of parallel game environments"""
     num_steps: int = 128
@@ -64,19 +65,21 @@ class Args:
     gae_lambda: float = 0.95
     """the lambda for the general advantage estimation"""
     num_minibatches: int = 4
-    """the number of mini-batches; each holds whole trajectory segments of num_envs / num_minibatches envs"""
+    """the number of mini-batches"""
     update_epochs: int = 4
     """the K epochs to update the policy"""
     norm_adv: bool = True
     """Toggles advantages normalization"""
-    adv_values: Literal["critic", "rollout"] = "critic"
-    """the actor's advantages: A(w) from the current critic, or the rollout's GAE values with A(w)'s dependence on w"""
     norm_adv_stats: Literal["minibatch", "rollout"] = "minibatch"
-    """normalize A(w) with each minibatch's own mean and std (PPO), or with those of the rollout's advantages"""
+    """normalize the advantages with each minibatch's own mean and std (PPO), or with the whole rollout's"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """Toggles whether or not to use a clipped loss for the value function, as per the paper."""
     ent_coef: float = 0.01
     """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
     target_kl: float | None = None
@@ -84,25 +87,26 @@ class Args:
 
     # BLPO specific arguments
     nested_updates: int = 10
-    """K: critic optimizer steps on each minibatch before the actor step"""
+    """K: critic optimizer steps per minibatch, K - 1 alone and the last one with the actor's step (1 is PPO)"""
     hypergrad: bool = True
     """follow the hypergradient h = g - c; --no-hypergrad follows the direct gradient g"""
-    ihvp: Literal["nystrom", "cg"] = "nystrom"
-    """solver for x = (H + rho I)^-1 v: Nystrom (k Hessian rows) or conjugate gradient (k iterations)"""
-    nystrom_rank: int = 5
-    """k: Hessian rows of the Nystrom approximation, or CG iterations"""
-    nystrom_rho: float = 50.0
+    ihvp: Literal["cg", "nystrom", "nystrom-paper", "exact"] = "cg"
+    """solver of x = (H + rho I)^-1 v: conjugate gradient, stabilized Gaussian-sketch Nystrom, the paper's
+    coordinate Nystrom, or a dense solve (d^2 memory, for checks and small critics)"""
+    ihvp_rank: int = 5
+    """k: the solver's Hessian-vector products (CG iterations, or Nystrom's sketch size)"""
+    ihvp_rho: float = 50.0
     """rho: regularizer of the inverse Hessian"""
     hypergrad_bound: float = 1.4
     """beta: the correction's norm is capped at beta times the direct gradient's"""
     flip_mixed_sign: bool = False
     """use the authors' code's sign for the mixed term, h = g + c, to compare against the derivation's"""
+    ihvp_check_every: int = 0
+    """every N-th update, also solve for x exactly and log the correction's error against the exact one (0: off)"""
 
     # to be filled in runtime
     batch_size: int = field(default=0, init=False)
     """the batch size (computed in runtime)"""
-    envs_per_minibatch: int = field(default=0, init=False)
-    """the number of env trajectory segments per mini-batch (computed in runtime)"""
     minibatch_size: int = field(default=0, init=False)
     """the mini-batch size (computed in runtime)"""
     num_iterations: int = field(default=0, init=False)
@@ -123,22 +127,23 @@ def check_args(args: Args) -> None:
         "update_epochs",
         "total_timesteps",
         "nested_updates",
-        "nystrom_rank",
+        "ihvp_rank",
     ):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not args.nystrom_rho > 0:
-        fail(f"--nystrom-rho must be positive, got {args.nystrom_rho}")
+    if not args.ihvp_rho > 0:
+        fail(f"--ihvp-rho must be positive, got {args.ihvp_rho}")
     if not args.hypergrad_bound >= 0:
         fail(f"--hypergrad-bound must be non-negative, got {args.hypergrad_bound}")
+    if args.ihvp_check_every < 0:
+        fail(f"--ihvp-check-every must be 0 (off) or positive, got {args.ihvp_check_every}")
     args.batch_size = args.num_envs * args.num_steps
-    if args.num_envs % args.num_minibatches:
+    if args.batch_size % args.num_minibatches:
         fail(
-            f"--num-envs {args.num_envs} is not divisible by --num-minibatches {args.num_minibatches}: each minibatch "
-            "holds whole env trajectory segments; pick sizes that divide"
+            f"batch size {args.batch_size} (num-envs x num-steps) is not divisible by "
+            f"--num-minibatches {args.num_minibatches}; pick sizes that divide"
         )
-    args.envs_per_minibatch = args.num_envs // args.num_minibatches
-    args.minibatch_size = args.envs_per_minibatch * args.num_steps
+    args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // args.batch_size
     if args.num_iterations < 1:
         fail(f"--total-timesteps {args.total_timesteps} is smaller than one batch of {args.batch_size} steps")
@@ -216,19 +221,14 @@ class Agent(nn.Module):
     def get_value(self, x):
         return self.critic(x).squeeze(-1)
 
-    def get_action(self, x, action=None):
+    def get_action_and_value(self, x, action=None):
         probs = Categorical(logits=self.actor(x), validate_args=False)
         if action is None:
             action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy()
+        return action, probs.log_prob(action), probs.entropy(), self.get_value(x)
 
     def actor_parameters(self):
         return list(self.actor.parameters())
-
-
-def anchored_advantages(rollout_advantages, advantages_w):
-    """The rollout's advantages as values, A(w)'s as the dependence on w: A_rollout + A(w) - A(w_t), held at w_t."""
-    return rollout_advantages + (advantages_w - advantages_w.detach())
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
@@ -267,7 +267,7 @@ def gae_discount_matrix(dones, next_done, gamma, gae_lambda):
     t = torch.arange(num_steps, device=dones.device)
     lag = (t[None, :] - t[:, None]).to(dones.dtype)  # lag[t, s] = s - t
     same_episode = episode[:, :, None] == episode[:, None, :]
-    return torch.where(same_episode & (lag >= 0), (gamma * gae_lambda) ** lag.clamp(min=0), 0.0)
+    return torch.where(same_episode & (lag >= 0), (gamma * gae_lambda) ** lag.clamp(min=0), 0.0).contiguous()
 
 
 def td_errors(values, next_value, rewards, dones, next_done, gamma):
@@ -275,6 +275,41 @@ def td_errors(values, next_value, rewards, dones, next_done, gamma):
     next_values = torch.cat([values[1:], next_value[None]])
     next_nonterminal = 1.0 - torch.cat([dones[1:], next_done[None]])
     return rewards + gamma * next_nonterminal * next_values - values
+
+
+class Batch(NamedTuple):
+    """A rollout flattened to (num_steps * num_envs, ...), step-major: sample i is step i // num_envs of env
+    i % num_envs. The last fields keep the rollout's shape, for recomputing A(w) from the critic."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+    adv_mean: torch.Tensor
+    adv_std: torch.Tensor
+    states: torch.Tensor  # (num_steps + 1, num_envs, ...): the observations and the bootstrap observations
+    rewards: torch.Tensor
+    dones: torch.Tensor
+    next_done: torch.Tensor
+    discount: torch.Tensor | None  # gae_discount_matrix, built when the hypergradient is on
+
+
+def critic_advantages(values, batch, mb_inds, gamma):
+    """A(w) at the samples mb_inds: the GAE rows D[e_i, t_i, :] times env e_i's TD errors delta(w), where `values`
+    (num_steps + 1, num_envs) are V_w at batch.states."""
+    num_envs, num_steps = batch.discount.shape[:2]
+    mb_inds = torch.as_tensor(mb_inds, device=values.device)
+    mb_envs = mb_inds % num_envs
+    rows = batch.discount.reshape(-1, num_steps).index_select(0, mb_envs * num_steps + mb_inds // num_envs)
+    deltas = td_errors(values[:-1], values[-1], batch.rewards, batch.dones, batch.next_done, gamma)
+    return (rows * deltas.T.index_select(0, mb_envs)).sum(-1)
+
+
+def anchored_advantages(rollout_advantages, advantages_w):
+    """The rollout's advantages as values, A(w)'s as the dependence on w: A_rollout + A(w) - A(w_t), held at w_t."""
+    return rollout_advantages + (advantages_w - advantages_w.detach())
 
 
 def functional_critic(critic):
@@ -307,28 +342,22 @@ def hessian_rows(hvp, coords, dim):
     return hvp(unit)
 
 
-def nystrom_ihvp(rows, coords, v, rho):
-    """x = (H_nys + rho I)^-1 v for the Nystrom approximation H_nys = C^T M^-1 C, C = H[S, :], M = C[:, S].
-
-    Woodbury, exact for H_nys: x = v / rho - C^T (rho M + C C^T)^-1 C v / rho. A singular system gives NaN,
-    which the caller treats as a non-finite correction.
-    """
-    inner = rho * rows[:, coords] + rows @ rows.T
-    solution, info = torch.linalg.solve_ex(inner, rows @ v)
-    if info.item() != 0:
-        return torch.full_like(v, float("nan"))
-    return (v - rows.T @ solution) / rho
-
-
-def cg_ihvp(hvp, v, rho, iterations):
-    """x ~ (H + rho I)^-1 v by `iterations` steps of conjugate gradient from x = 0."""
+def cg_ihvp(hvp, v, rho, iterations, tol=0.0):
+    """x ~ (H + rho I)^-1 v by at most `iterations` steps of conjugate gradient from x = 0, stopping once
+    ||r|| <= tol ||v||. A direction of non-positive curvature (H + rho I not positive definite) gives NaN."""
     x = torch.zeros_like(v)
     r = v.clone()
     p = r.clone()
     rs = r @ r
+    stop = (tol * v.norm()) ** 2
     for _ in range(iterations):
+        if rs <= stop:
+            break
         Ap = hvp(p) + rho * p
-        alpha = rs / (p @ Ap)
+        curvature = p @ Ap
+        if not curvature > 0:
+            return torch.full_like(v, float("nan"))
+        alpha = rs / curvature
         x = x + alpha * p
         r = r - alpha * Ap
         rs_new = r @ r
@@ -337,11 +366,82 @@ def cg_ihvp(hvp, v, rho, iterations):
     return x
 
 
+def gaussian_sketch(dim, rank, generator):
+    """Omega (dim, rank): an orthonormal basis of a Gaussian random subspace, fresh from `generator`."""
+    return torch.linalg.qr(torch.randn(dim, rank, generator=generator))[0]
+
+
+def nystrom_ihvp(hvp, v, rho, sketch):
+    """x = (H_nys + rho I)^-1 v for the Nystrom approximation H_nys = Y M^+ Y^T, Y = H Omega, M = Omega^T H Omega,
+    with the pseudo-inverse taken on M's positive eigenvalues only (Frangella, Tropp and Udell's stable form).
+
+    H_nys = F F^T with F = Y Q_+ diag(m_+)^(-1/2), so Woodbury's core rho I + F^T F has every eigenvalue >= rho
+    and the solve is stable for any H, indefinite or with zero rows. Exact for rank = dim and H PSD.
+    """
+    y = hvp(sketch.T).T  # (d, k): H Omega, one batched product
+    core = sketch.T @ y
+    eigvals, eigvecs = torch.linalg.eigh((core + core.T) / 2)
+    keep = eigvals > eigvals.abs().max() * len(eigvals) * torch.finfo(eigvals.dtype).eps
+    if not keep.any():
+        return v / rho
+    f = (y @ eigvecs[:, keep]) / eigvals[keep].sqrt()
+    inner = rho * torch.eye(f.shape[1], dtype=v.dtype, device=v.device) + f.T @ f
+    return (v - f @ torch.linalg.solve(inner, f.T @ v)) / rho
+
+
+def paper_nystrom_ihvp(rows, coords, v, rho):
+    """The paper's Nystrom: x = (H_nys + rho I)^-1 v for H_nys = C^T M^-1 C, C = H[S, :] at k sampled coordinates S,
+    M = C[:, S], by Woodbury's x = v / rho - C^T (rho M + C C^T)^-1 C v / rho. Singular whenever a sampled
+    coordinate's Hessian row is zero: then NaN, which the caller treats as a non-finite correction."""
+    inner = rho * rows[:, coords] + rows @ rows.T
+    solution, info = torch.linalg.solve_ex(inner, rows @ v)
+    if info.item() != 0:
+        return torch.full_like(v, float("nan"))
+    return (v - rows.T @ solution) / rho
+
+
+DENSE_IHVP_MAX_DIM = 8192
+"""exact_ihvp builds H densely up to this many critic parameters, and runs CG to tolerance above it"""
+
+
+def exact_ihvp(hvp, v, rho):
+    """(H + rho I)^-1 v to float64 accuracy: a dense solve with H built from d Hessian-vector products, or for
+    d > DENSE_IHVP_MAX_DIM conjugate gradient to a relative residual of 1e-10."""
+    dim = v.numel()
+    if dim > DENSE_IHVP_MAX_DIM:
+        return cg_ihvp(hvp, v, rho, iterations=10 * dim, tol=1e-10)
+    eye = torch.eye(dim, device=v.device)
+    h = torch.cat([hvp(rows) for rows in eye.split(512)]).double()
+    regularized = (h + h.T) / 2 + rho * torch.eye(dim, dtype=h.dtype, device=v.device)
+    return torch.linalg.solve(regularized, v.double()).to(v.dtype)
+
+
+def solve_ihvp(hvp, v, args, generator):
+    """x ~ (H + rho I)^-1 v with the chosen solver, from k = ihvp_rank Hessian-vector products; the sketch or
+    the coordinates are drawn fresh on every call from `generator`."""
+    rho, rank, dim = args.ihvp_rho, args.ihvp_rank, v.numel()
+    if args.ihvp == "cg":
+        return cg_ihvp(hvp, v, rho, rank)
+    if args.ihvp == "nystrom":
+        return nystrom_ihvp(hvp, v, rho, gaussian_sketch(dim, rank, generator).to(v.device))
+    if args.ihvp == "nystrom-paper":
+        coords = torch.randperm(dim, generator=generator)[:rank].to(v.device)
+        return paper_nystrom_ihvp(hessian_rows(hvp, coords, dim), coords, v, rho)
+    return exact_ihvp(hvp, v, rho)
+
+
 def mixed_term(ratio, td_error, critic_jvp, actor_params):
     """c = (d^2 L / d theta d w) x by the score function: c = grad_theta[-2 mean_i r_i(theta) delta_i u_i],
     with u_i = grad_w V(s_i) . x (one critic JVP) and delta_i = G_i - V(s_i) held constant."""
     surrogate = -2.0 * (ratio * (td_error * critic_jvp).detach()).mean()
-    return flat(torch.autograd.grad(surrogate, actor_params))
+    return flat(torch.autograd.grad(surrogate, actor_params, retain_graph=True))
+
+
+def correction(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params):
+    """c = (d^2 L / d theta d w) x for L = mean (V_w(s) - G)^2 on the minibatch: u = grad_w V(s) . x by one critic
+    JVP, delta = G - V(s), then the mixed term's score-function form."""
+    values, u = torch.func.jvp(lambda w_: critic_fn(w_, mb_obs), (w.detach(),), (x,))
+    return mixed_term(ratio, mb_returns - values, u, actor_params)
 
 
 def bounded_hypergradient(g, c, bound):
@@ -366,57 +466,137 @@ def set_grads(params, vector):
         p.grad = grad.view_as(p).clone()
 
 
+def cosine(a, b):
+    return ((a @ b) / max(a.norm() * b.norm(), 1e-12)).item()
+
+
 class HypergradStats:
-    """Means of the hypergradient diagnostics since the last `pop_means`, and the run's count of
+    """Means of the hypergradient diagnostics since the last `pop_means`, the run's count of updates and of
     non-finite fallbacks."""
 
     def __init__(self):
-        self.fallbacks = 0
-        self.sums, self.count = {}, 0
+        self.updates = self.fallbacks = 0
+        self.sums, self.counts = {}, {}
+
+    def _add(self, name, value):
+        self.sums[name] = self.sums.get(name, 0.0) + value
+        self.counts[name] = self.counts.get(name, 0) + 1
 
     def add(self, g, c, bound_active, fell_back):
+        self.updates += 1
         if fell_back:
             self.fallbacks += 1
             return
         g_norm, c_norm = g.norm().item(), c.norm().item()
-        for name, value in (
-            ("direct_grad_norm", g_norm),
-            ("correction_norm", c_norm),
-            ("correction_ratio", c_norm / max(g_norm, 1e-12)),
-            ("cos_correction_direct", (c @ g).item() / max(c_norm * g_norm, 1e-12)),
-            ("bound_active_frac", float(bound_active)),
-        ):
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        self.count += 1
+        self._add("direct_grad_norm", g_norm)
+        self._add("correction_norm", c_norm)
+        self._add("correction_ratio", c_norm / max(g_norm, 1e-12))
+        self._add("cos_correction_direct", cosine(c, g))
+        self._add("bound_active_frac", float(bound_active))
+
+    def add_check(self, c, c_exact):
+        """The correction c against the one from the exact IHVP: ||c - c*|| / ||c*|| and cos(c, c*)."""
+        self._add("ihvp_error", ((c - c_exact).norm() / max(c_exact.norm(), 1e-12)).item())
+        self._add("ihvp_cos", cosine(c, c_exact))
 
     def pop_means(self):
-        means = {name: total / self.count for name, total in self.sums.items()}
-        self.sums, self.count = {}, 0
+        means = {name: total / self.counts[name] for name, total in self.sums.items()}
+        self.sums, self.counts = {}, {}
         return means
 
 
-def hypergradient(g, v, hvp, ratio, actor_params, critic_fn, w, mb_obs, mb_returns, args, generator):
-    """Steps 3-5 of a BLPO update. Returns (h, c, x, bound_active, fell_back).
+class Losses(NamedTuple):
+    """What one minibatch update logs."""
 
-    g = grad_theta l and v = grad_w l are given, and hvp(u) = H u with H the Hessian of the critic's minibatch
-    loss at w; x ~ (H + rho I)^-1 v; c = (d^2 L / d theta d w) x; h = g - c with ||c|| <= beta ||g||.
-    """
-    if args.ihvp == "nystrom":
-        coords = torch.randperm(w.numel(), generator=generator)[: args.nystrom_rank].to(w.device)
-        x = nystrom_ihvp(hessian_rows(hvp, coords, w.numel()), coords, v, args.nystrom_rho)
-    else:
-        x = cg_ihvp(hvp, v, args.nystrom_rho, args.nystrom_rank)
-    values, u = torch.func.jvp(lambda w_: critic_fn(w_, mb_obs), (w.detach(),), (x,))
-    c = mixed_term(ratio, mb_returns - values, u, actor_params)
-    if args.flip_mixed_sign:
-        c = -c
-    h, bound_active, fell_back = bounded_hypergradient(g, c, args.hypergrad_bound)
-    return h, c, x, bound_active, fell_back
+    v_loss: float
+    pg_loss: float
+    entropy_loss: float
+    old_approx_kl: float
+    approx_kl: float
+    clipfrac: float
 
 
-def ihvp_residual(hvp, x, v, rho):
-    """||(H + rho I) x - v|| / ||v||: how well x solves the regularized system (one extra Hessian-vector product)."""
-    return ((hvp(x) + rho * x - v).norm() / v.norm()).item()
+def clipped_surrogate(ratio, advantages, clip_coef):
+    """PPO's policy loss: mean of -min(r A, clip(r, 1 - eps, 1 + eps) A)."""
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+    return torch.max(pg_loss1, pg_loss2).mean()
+
+
+def value_loss(newvalue, old_values, returns, clip_coef, clip_vloss):
+    """PPO's value loss: 0.5 mean (V - G)^2, with V clipped to old_values +- clip_coef if clip_vloss (elementwise
+    the larger of the clipped and unclipped squares)."""
+    v_loss_unclipped = (newvalue - returns) ** 2
+    if not clip_vloss:
+        return 0.5 * v_loss_unclipped.mean()
+    v_clipped = old_values + torch.clamp(newvalue - old_values, -clip_coef, clip_coef)
+    v_loss_clipped = (v_clipped - returns) ** 2
+    return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+
+
+def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generator, stats):
+    """One bilevel update on the samples mb_inds: K - 1 critic steps alone, then one step of PPO's loss for both
+    networks with the actor's gradient replaced by the hypergradient."""
+    mb_obs, mb_returns, mb_values = batch.obs[mb_inds], batch.returns[mb_inds], batch.values[mb_inds]
+    # 3a. Nested critic: K - 1 optimizer steps on PPO's value loss alone, toward the best response w*(theta)
+    for _ in range(args.nested_updates - 1):
+        v_loss = value_loss(agent.get_value(mb_obs), mb_values, mb_returns, args.clip_coef, args.clip_vloss)
+        optimizer.zero_grad()
+        (v_loss * args.vf_coef).backward()
+        nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
+        optimizer.step()
+
+    # 3b. PPO's loss at (theta, w); for the hypergradient the advantages also carry A(w)'s dependence on the
+    # critic's weights w, with the rollout's values: A_rollout + A(w) - A(w_t)
+    _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_obs, batch.actions[mb_inds].long())
+    logratio = newlogprob - batch.logprobs[mb_inds]
+    ratio = logratio.exp()
+
+    with torch.no_grad():
+        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+        old_approx_kl = (-logratio).mean()
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+
+    mb_advantages = batch.advantages[mb_inds]
+    if args.hypergrad:
+        w = flat(agent.critic.parameters()).detach().requires_grad_()
+        all_values = critic_fn(w, batch.states.flatten(0, 1)).view(batch.states.shape[:2])
+        mb_advantages = anchored_advantages(mb_advantages, critic_advantages(all_values, batch, mb_inds, args.gamma))
+    if args.norm_adv:
+        if args.norm_adv_stats == "rollout":
+            mb_advantages = (mb_advantages - batch.adv_mean) / (batch.adv_std + 1e-8)
+        else:
+            mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+    pg_loss = clipped_surrogate(ratio, mb_advantages, args.clip_coef)
+    v_loss = value_loss(newvalue, mb_values, mb_returns, args.clip_coef, args.clip_vloss)
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+    optimizer.zero_grad()
+    loss.backward(retain_graph=args.hypergrad)
+    if args.hypergrad:
+        # 3c. Hypergradient from g = grad_theta l and v = grad_w l of the backward pass above:
+        # h = g - (d^2 L / d theta d w) (H + rho I)^-1 v, H the Hessian of L(w) = mean (V_w(s) - G)^2 here
+        actor_params = agent.actor_parameters()
+        g, v = flat(p.grad for p in actor_params), w.grad
+        hvp = make_hvp(((critic_fn(w, mb_obs) - mb_returns) ** 2).mean(), w)
+        mixed = (ratio, critic_fn, w, mb_obs, mb_returns, actor_params)
+        c = correction(solve_ihvp(hvp, v, args, generator), *mixed)
+        if args.flip_mixed_sign:
+            c = -c
+        h, bound_active, fell_back = bounded_hypergradient(g, c, args.hypergrad_bound)
+        stats.add(g, c, bound_active, fell_back)
+        if args.ihvp_check_every and stats.updates % args.ihvp_check_every == 0 and not fell_back:
+            c_exact = correction(exact_ihvp(hvp, v, args.ihvp_rho), *mixed)
+            stats.add_check(c, -c_exact if args.flip_mixed_sign else c_exact)
+        set_grads(actor_params, h)
+
+    # 3d. One step of both networks, as PPO's: the critic's K-th, the actor's first; clip the joint norm, then Adam
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return Losses(*(t.item() for t in (v_loss, pg_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac)))
 
 
 def save_model(path, agent):
@@ -435,7 +615,7 @@ def evaluate(model_path, env_id, eval_episodes=10, seed=1, deterministic=True, d
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
             x = torch.as_tensor(obs, dtype=torch.float32, device=device)
-            actions = agent.actor(x).argmax(-1) if deterministic else agent.get_action(x)[0]
+            actions = agent.actor(x).argmax(-1) if deterministic else agent.get_action_and_value(x)[0]
         obs, _, _, _, infos = envs.step(actions.cpu().numpy())
         episodic_returns += [r for r, _ in finished_episodes(infos)]
     envs.close()
@@ -447,29 +627,6 @@ if __name__ == "__main__":
     check_args(args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name)
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    coord_generator = torch.Generator().manual_seed(args.seed)  # Nystrom coordinates, fresh every call
-
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    obs_dim = np.prod(envs.single_observation_space.shape)
-    agent = Agent(obs_dim, envs.single_action_space.n).to(device)
-    actor_params = agent.actor_parameters()
-    actor_optimizer = optim.Adam(actor_params, lr=args.actor_lr, eps=1e-5, fused=True)
-    critic_optimizer = optim.Adam(agent.critic.parameters(), lr=args.critic_lr, eps=1e-5, fused=True)
-    critic_fn = functional_critic(agent.critic)
-    num_critic_params = sum(p.numel() for p in agent.critic.parameters())
-    if args.nystrom_rank > num_critic_params:
-        fail(
-            f"--nystrom-rank {args.nystrom_rank} exceeds the critic's {num_critic_params} parameters; "
-            "pick a smaller rank"
-        )
-
     if args.track:
         import wandb
 
@@ -487,6 +644,26 @@ if __name__ == "__main__":
         "hyperparameters",
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
     )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    obs_dim = np.prod(envs.single_observation_space.shape)
+    agent = Agent(obs_dim, envs.single_action_space.n).to(device)
+    # one Adam for both networks, as PPO's, with a learning rate each (Adam's state is per parameter)
+    param_groups = [{"params": agent.actor_parameters(), "lr": args.actor_lr}]
+    param_groups.append({"params": list(agent.critic.parameters()), "lr": args.critic_lr})
+    optimizer = optim.Adam(param_groups, eps=1e-5, fused=True)
+    critic_fn = functional_critic(agent.critic)
+    num_critic_params = sum(p.numel() for p in agent.critic.parameters())
+    if args.ihvp_rank > num_critic_params:
+        fail(f"--ihvp-rank {args.ihvp_rank} exceeds the critic's {num_critic_params} parameters; pick a smaller rank")
+    generator = torch.Generator().manual_seed(args.seed)  # the IHVP's sketches, fresh on every call
 
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
@@ -511,8 +688,8 @@ if __name__ == "__main__":
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
-            actor_optimizer.param_groups[0]["lr"] = frac * args.actor_lr
-            critic_optimizer.param_groups[0]["lr"] = frac * args.critic_lr
+            optimizer.param_groups[0]["lr"] = frac * args.actor_lr
+            optimizer.param_groups[1]["lr"] = frac * args.critic_lr
 
         # 1. Rollout: num_steps x num_envs transitions with the current policy
         for step in range(0, args.num_steps):
@@ -522,8 +699,8 @@ if __name__ == "__main__":
 
             # ALGO LOGIC: action logic
             with torch.inference_mode():
-                action, logprob, _ = agent.get_action(next_obs)
-                values[step] = agent.get_value(next_obs)
+                action, logprob, _, value = agent.get_action_and_value(next_obs)
+                values[step] = value
             actions[step] = action
             logprobs[step] = logprob
 
@@ -539,114 +716,56 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/episodic_return", episodic_return, global_step)
                 writer.add_scalar("charts/episodic_length", episodic_length, global_step)
 
-        # 2. Advantages: the critic's targets G = A + V once per rollout; the actor's advantages are
-        # recomputed from the current critic in every minibatch, A(w) = D delta(w) (or anchored to these)
+        # 2. Advantages: GAE(gamma, lambda) with the rollout's values, bootstrapped from the last observation.
+        # The actor keeps these values; the hypergradient adds A(w) = D delta(w)'s dependence on the critic
         with torch.no_grad():
             next_value = agent.get_value(next_obs)
             advantages, returns = compute_gae(
                 rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
             )
-            discount = gae_discount_matrix(dones, next_done, args.gamma, args.gae_lambda)
-            rollout_adv_mean, rollout_adv_std = advantages.mean(), advantages.std()
 
-        # 3. Update: update_epochs passes over minibatches, each a bilevel step (critic K times, then actor).
-        # A minibatch is whole trajectory segments of some envs, so A(w) is recomputed from their states alone.
-        env_inds = np.arange(args.num_envs)
+        # flatten the batch
+        batch = Batch(
+            obs=obs.reshape((-1,) + envs.single_observation_space.shape),
+            actions=actions.reshape((-1,) + envs.single_action_space.shape),
+            logprobs=logprobs.reshape(-1),
+            advantages=advantages.reshape(-1),
+            returns=returns.reshape(-1),
+            values=values.reshape(-1),
+            adv_mean=advantages.mean(),
+            adv_std=advantages.std(),
+            states=torch.cat([obs, next_obs[None]]),
+            rewards=rewards,
+            dones=dones,
+            next_done=next_done,
+            discount=gae_discount_matrix(dones, next_done, args.gamma, args.gae_lambda) if args.hypergrad else None,
+        )
+
+        # 3. Update: update_epochs passes over random minibatches, each a bilevel step (critic K times, actor once)
+        b_inds = np.arange(args.batch_size)
         clipfracs = []
         for epoch in range(args.update_epochs):
-            np.random.shuffle(env_inds)
-            for start in range(0, args.num_envs, args.envs_per_minibatch):
-                mb_envs = env_inds[start : start + args.envs_per_minibatch]
-                mb_returns = returns[:, mb_envs].reshape(-1)
-                mb_states = torch.cat([obs[:, mb_envs], next_obs[None, mb_envs]]).flatten(0, 1)  # + bootstrap states
-                mb_obs = mb_states[: -len(mb_envs)]  # the segments' own states, step-major
+            np.random.shuffle(b_inds)
+            for start in range(0, args.batch_size, args.minibatch_size):
+                end = start + args.minibatch_size
+                losses = update_minibatch(agent, optimizer, critic_fn, batch, b_inds[start:end], args, generator, stats)
+                clipfracs.append(losses.clipfrac)
 
-                # 3a. Nested critic: K optimizer steps on L(w) = mean (V_w(s) - G)^2, toward w*(theta)
-                for _ in range(args.nested_updates):
-                    v_loss = ((agent.get_value(mb_obs) - mb_returns) ** 2).mean()
-                    critic_optimizer.zero_grad()
-                    v_loss.backward()
-                    nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
-                    critic_optimizer.step()
-
-                # 3b. Actor loss l(theta, w): clipped surrogate with advantages that depend on w through A(w)
-                w = flat(agent.critic.parameters()).detach().requires_grad_(args.hypergrad)
-                with torch.set_grad_enabled(args.hypergrad):
-                    mb_values = critic_fn(w, mb_states).view(args.num_steps + 1, len(mb_envs))
-                    deltas = td_errors(
-                        mb_values[:-1],
-                        mb_values[-1],
-                        rewards[:, mb_envs],
-                        dones[:, mb_envs],
-                        next_done[mb_envs],
-                        args.gamma,
-                    )
-                    mb_advantages = torch.einsum("ets,se->te", discount[mb_envs], deltas).reshape(-1)
-                    if args.adv_values == "rollout":
-                        # the critic was just fitted to these samples' returns, which moves part of each action's
-                        # credit into V; keep the rollout's values, and A(w)'s dependence on w for v = grad_w l
-                        mb_advantages = anchored_advantages(advantages[:, mb_envs].reshape(-1), mb_advantages)
-
-                _, newlogprob, entropy = agent.get_action(mb_obs, actions[:, mb_envs].reshape(-1).long())
-                logratio = newlogprob - logprobs[:, mb_envs].reshape(-1)
-                ratio = logratio.exp()
-
-                with torch.no_grad():
-                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
-
-                if args.norm_adv:
-                    # the minibatch's own mean also removes a shift shared by all its values, most of what the
-                    # hypergradient corrects; the rollout's statistics are constants in w and keep it
-                    if args.norm_adv_stats == "rollout":
-                        adv_mean, adv_std = rollout_adv_mean, rollout_adv_std
-                    else:
-                        adv_mean, adv_std = mb_advantages.mean(), mb_advantages.std()
-                    mb_advantages = (mb_advantages - adv_mean) / (adv_std + 1e-8)
-
-                # Policy loss: -min(r A, clip(r, 1 - eps, 1 + eps) A)
-                pg_loss1 = -mb_advantages * ratio
-                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-                entropy_loss = entropy.mean()
-                actor_loss = pg_loss - args.ent_coef * entropy_loss
-
-                actor_optimizer.zero_grad()
-                if args.hypergrad:
-                    # 3c. Direct gradients g = grad_theta l, v = grad_w l in one backward pass, then the
-                    # hypergradient h = g - (d^2 L / d theta d w)(H + rho I)^-1 v, bounded
-                    *g_parts, v = torch.autograd.grad(actor_loss, actor_params + [w], retain_graph=True)
-                    g = flat(g_parts)
-                    critic_loss = ((mb_values[:-1].reshape(-1) - mb_returns) ** 2).mean()  # L(w) at this w
-                    hvp = make_hvp(critic_loss, w)
-                    h, c, x, bound_active, fell_back = hypergradient(
-                        g, v, hvp, ratio, actor_params, critic_fn, w, mb_obs, mb_returns, args, coord_generator
-                    )
-                    stats.add(g, c, bound_active, fell_back)
-                    set_grads(actor_params, h)
-                else:
-                    actor_loss.backward()
-                # 3d. Actor step: clip the gradient's global norm, then Adam
-                nn.utils.clip_grad_norm_(actor_params, args.max_grad_norm)
-                actor_optimizer.step()
-
-            if args.target_kl is not None and approx_kl > args.target_kl:
+            if args.target_kl is not None and losses.approx_kl > args.target_kl:
                 break
 
-        y_pred, y_true = values.cpu().numpy(), returns.cpu().numpy()
+        y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # 4. Logging
         sps = int(global_step / (time.time() - start_time))
-        writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("losses/value_loss", losses.v_loss, global_step)
+        writer.add_scalar("losses/policy_loss", losses.pg_loss, global_step)
+        writer.add_scalar("losses/entropy", losses.entropy_loss, global_step)
+        writer.add_scalar("losses/old_approx_kl", losses.old_approx_kl, global_step)
+        writer.add_scalar("losses/approx_kl", losses.approx_kl, global_step)
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
@@ -654,8 +773,6 @@ if __name__ == "__main__":
             for name, value in stats.pop_means().items():
                 writer.add_scalar(f"hypergrad/{name}", value, global_step)
             writer.add_scalar("hypergrad/nonfinite_fallbacks", stats.fallbacks, global_step)
-            residual = ihvp_residual(hvp, x, v, args.nystrom_rho)
-            writer.add_scalar("hypergrad/ihvp_residual", residual, global_step)
         progress.update(args.batch_size)
         progress.set_postfix(SPS=sps, ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-", refresh=False)
 

@@ -21,14 +21,18 @@ ROOT = Path(__file__).resolve().parent.parent
 INTERVAL = 0.002
 """seconds between samples"""
 HELPERS = {
+    "critic_advantages": "3b. A(w) from the critic pass",
     "make_hvp": "3c. Hessian graph (double-backward setup)",
-    "hvp": "3c. Hessian rows / products",
-    "hessian_rows": "3c. Hessian rows / products",
+    "hvp": "3c. Hessian-vector products",
     "nystrom_ihvp": "3c. solve",
+    "paper_nystrom_ihvp": "3c. solve",
     "cg_ihvp": "3c. solve",
-    "mixed_term": "3c. mixed term",
+    "exact_ihvp": "3c. solve",
+    "correction": "3c. mixed term",
 }
 """hypergradient helpers that name a finer stage than their step comment"""
+STEP_SCOPES = ("<module>", "update_minibatch")
+"""the code whose step comments label a sample: the main loop, and the per-minibatch update it calls"""
 
 
 def step_comments(path: Path) -> list[tuple[int, str]]:
@@ -42,22 +46,19 @@ def step_comments(path: Path) -> list[tuple[int, str]]:
 
 
 def stage_of(frame, script: str, steps: list[tuple[int, str]]) -> str | None:
-    """The stage a sampled stack is in, or None outside the training loop."""
-    helper = None
+    """The stage a sampled stack is in, or None outside the training loop: the innermost helper of HELPERS, else
+    the step comment above the line of the innermost STEP_SCOPES frame."""
+    helper, loop_start = None, next(number for number, label in steps if label.startswith("1."))
     while frame is not None:
         code = frame.f_code
         if code.co_filename == script:
             if code.co_name in HELPERS and helper is None:
                 helper = HELPERS[code.co_name]
-            if code.co_name == "hypergradient" and helper is None:
-                line = frame.f_lineno
-                source = Path(script).read_text().splitlines()[line - 1]
-                helper = "3c. mixed term" if "jvp" in source else "3c. hypergradient (other)"
-            if code.co_name == "<module>":
-                if frame.f_lineno < steps[0][0]:
-                    return None
-                label = [label for number, label in steps if number <= frame.f_lineno][-1]
-                return helper or label
+            if code.co_name in STEP_SCOPES:
+                if code.co_name == "<module>" and frame.f_lineno < loop_start:
+                    return None  # before the main loop's first step
+                above = [label for number, label in steps if number <= frame.f_lineno]
+                return helper or (above[-1] if above else steps[0][1])
         frame = frame.f_back
     return None
 

@@ -3,10 +3,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MUJOCO_GL", "egl")
+torch.set_num_threads(1)  # in-process script runs use one thread, as the subprocess ones do
 
 
 @pytest.fixture

@@ -3,14 +3,17 @@
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from benchmark.in_process import load_script, run_main  # noqa: F401 (for the tests)
+
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT_TIMEOUT = 180  # seconds; a hung run (e.g. wandb waiting on a network) fails instead of blocking
+SCRIPT_TIMEOUT = 600  # seconds; a hung run (e.g. wandb waiting on a network) fails instead of blocking
 CLEANRL_TAGS = [
     "charts/episodic_return",
     "charts/episodic_length",
@@ -57,37 +60,45 @@ def start_script(command: list[str], cwd: Path, env: dict[str, str]) -> subproce
 
 
 def finish_script(proc: subprocess.Popen, cwd: Path, timeout: float = SCRIPT_TIMEOUT) -> ScriptRun:
-    """Wait for a `start_script` process; kill it and fail if it outlives `timeout`."""
+    """Wait for a `start_script` process; kill it and report it as failed if it outlives `timeout`."""
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        pytest.fail(f"{proc.args} did not finish within {timeout} s")
+        raise AssertionError(f"{proc.args} did not finish within {timeout} s") from None
     stdout, stderr = (cwd / "stdout.log").read_text(), (cwd / "stderr.log").read_text()
     return ScriptRun(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), cwd)
 
 
 class ScriptRuns:
-    """Script runs started together, each `[script, *flags]` command in its own `root / name` with extra environment
-    variables `envs.get(name)`. `runs[name]` waits for one of them (once); leaving the context kills the rest."""
+    """Script runs, each `[script, *flags]` command in its own `root / name` with extra environment variables
+    `envs.get(name)`, at most MAX_CONCURRENT at a time (in the given order). `runs[name]` waits for one of them;
+    leaving the context cancels the runs not started and kills the rest."""
+
+    MAX_CONCURRENT = 2
 
     def __init__(self, root: Path, commands: dict[str, list[str]], envs: dict[str, dict[str, str]] | None = None):
         envs = envs or {}
-        self.root, self.finished = root, {}
-        self.procs = {
-            name: start_script(command, root / name, envs.get(name, {})) for name, command in commands.items()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.pool = ThreadPoolExecutor(max_workers=self.MAX_CONCURRENT)
+        self.futures = {
+            name: self.pool.submit(self._run, name, command, root / name, envs.get(name, {}))
+            for name, command in commands.items()
         }
 
+    def _run(self, name: str, command: list[str], cwd: Path, env: dict[str, str]) -> ScriptRun:
+        self.procs[name] = start_script(command, cwd, env)
+        return finish_script(self.procs[name], cwd)
+
     def __getitem__(self, name: str) -> ScriptRun:
-        if name not in self.finished:
-            self.finished[name] = finish_script(self.procs[name], self.root / name)
-        return self.finished[name]
+        return self.futures[name].result()
 
     def __enter__(self) -> "ScriptRuns":
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.kill()

@@ -205,10 +205,8 @@ def test_gaussian_log_prob_and_entropy_match_torch_normal(continuous_script):
 
 
 def act(agent, x, action=None):
-    """(action, log_prob, entropy, value) from either script's Agent; BLPO's get_action leaves out the value."""
-    if hasattr(agent, "get_action_and_value"):
-        return agent.get_action_and_value(x, action)
-    return *agent.get_action(x, action), agent.get_value(x)
+    """(action, log_prob, entropy, value) from either script's Agent."""
+    return agent.get_action_and_value(x, action)
 
 
 def test_agent_get_action_and_value_is_consistent(continuous_script):

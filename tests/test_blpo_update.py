@@ -1,0 +1,452 @@
+"""The BLPO update as the scripts wire it, against an independent computation of the same step.
+
+`update_minibatch` is what the main loop calls once per minibatch. Here it runs on a small random rollout, with
+plain SGD so that each parameter's change is its gradient times the learning rate, and the result is compared
+with a reference written from the paper's definitions alone: K - 1 critic steps on PPO's value loss, then one
+joint step whose actor gradient is h = g - (d^2 L / d theta d w) (H + rho I)^-1 grad_w l, with the Hessian and the
+mixed term formed densely and A(w) recomputed by a plain GAE loop. Whole runs in-process then check what only the
+main loop decides: the batch it builds, the generator it seeds, how often it calls the update.
+"""
+
+import copy
+import importlib
+import math
+
+import numpy as np
+import pytest
+import torch
+from scripts import load_script, read_scalars, run_main
+
+SCRIPTS = ["blpo_discrete", "blpo_continuous"]
+NUM_STEPS, NUM_ENVS, OBS_DIM, NUM_ACTIONS = 12, 2, 3, 2
+MB_INDS = np.array([0, 3, 4, 9, 13, 17, 22, 23])
+LR_ACTOR, LR_CRITIC = 0.05, 0.1
+
+
+@pytest.fixture(params=SCRIPTS)
+def blpo(request):
+    """The script's module, with float64 as the default dtype so that the comparisons can be tight."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield importlib.import_module(request.param)
+    torch.set_default_dtype(previous)
+
+
+def is_discrete(blpo) -> bool:
+    return blpo.__name__.startswith("blpo_discrete")
+
+
+def make_problem(blpo, seed=0):
+    """(agent, batch): a random rollout of NUM_STEPS x NUM_ENVS with two episode ends, advantages far from mean 0
+    and std 1, and old log-probabilities from a perturbed actor so that ratios leave the clip range."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    agent = blpo.Agent(OBS_DIM, NUM_ACTIONS)
+    # a small critic keeps the dense Hessian cheap; the update treats any critic module alike
+    agent.critic = torch.nn.Sequential(torch.nn.Linear(OBS_DIM, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    obs = torch.randn(NUM_STEPS, NUM_ENVS, OBS_DIM, generator=gen)
+    next_obs = torch.randn(NUM_ENVS, OBS_DIM, generator=gen)
+    if is_discrete(blpo):
+        actions = torch.randint(0, NUM_ACTIONS, (NUM_STEPS, NUM_ENVS), generator=gen).double()
+    else:
+        actions = torch.randn(NUM_STEPS, NUM_ENVS, NUM_ACTIONS, generator=gen)
+    old_agent = copy.deepcopy(agent)
+    with torch.no_grad():
+        for p in old_agent.actor_parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        flat_actions = actions.reshape(-1) if is_discrete(blpo) else actions.reshape(-1, NUM_ACTIONS)
+        logprobs = old_agent.get_action_and_value(obs.reshape(-1, OBS_DIM), flat_actions)[1]
+    rewards = torch.randn(NUM_STEPS, NUM_ENVS, generator=gen)
+    dones = torch.zeros(NUM_STEPS, NUM_ENVS)
+    dones[5, 0] = dones[8, 1] = 1.0
+    next_done = torch.tensor([0.0, 1.0])
+    advantages = 3.0 * torch.randn(NUM_STEPS * NUM_ENVS, generator=gen) + 2.0
+    batch = blpo.Batch(
+        obs=obs.reshape(-1, OBS_DIM),
+        actions=flat_actions,
+        logprobs=logprobs,
+        advantages=advantages,
+        returns=2.0 * torch.randn(NUM_STEPS * NUM_ENVS, generator=gen),
+        values=torch.randn(NUM_STEPS * NUM_ENVS, generator=gen),
+        adv_mean=advantages.mean(),
+        adv_std=advantages.std(),
+        states=torch.cat([obs, next_obs[None]]),
+        rewards=rewards,
+        dones=dones,
+        next_done=next_done,
+        discount=blpo.gae_discount_matrix(dones, next_done, 0.99, 0.95),
+    )
+    return agent, batch
+
+
+def update_args(blpo, **overrides):
+    args = blpo.Args(
+        nested_updates=3,
+        ihvp="exact",
+        ihvp_rho=2.0,
+        hypergrad_bound=math.inf,
+        max_grad_norm=math.inf,
+        ent_coef=0.01,
+        clip_vloss=True,
+    )
+    for name, value in overrides.items():
+        setattr(args, name, value)
+    return args
+
+
+def sgd(agent):
+    """Plain SGD with the script's two parameter groups, so a step is exactly -lr * the gradient it applied."""
+    return torch.optim.SGD(
+        [
+            {"params": agent.actor_parameters(), "lr": LR_ACTOR},
+            {"params": list(agent.critic.parameters()), "lr": LR_CRITIC},
+        ]
+    )
+
+
+def script_update(blpo, agent, batch, args, generator=None, stats=None):
+    """One call of the script's update_minibatch on MB_INDS; returns (losses, stats)."""
+    stats = stats or blpo.HypergradStats()
+    generator = generator or torch.Generator().manual_seed(0)
+    critic_fn = blpo.functional_critic(agent.critic)
+    losses = blpo.update_minibatch(agent, sgd(agent), critic_fn, batch, MB_INDS, args, generator, stats)
+    return losses, stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference, from the definitions alone
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def plain_gae(rewards, values, dones, next_value, next_done, gamma, lam):
+    """GAE by the reverse loop, differentiable in the values."""
+    advantages, last = [], torch.zeros(rewards.shape[1])
+    for t in reversed(range(rewards.shape[0])):
+        next_nonterminal = 1.0 - (next_done if t == rewards.shape[0] - 1 else dones[t + 1])
+        next_values = next_value if t == rewards.shape[0] - 1 else values[t + 1]
+        delta = rewards[t] + gamma * next_values * next_nonterminal - values[t]
+        last = delta + gamma * lam * next_nonterminal * last
+        advantages.insert(0, last)
+    return torch.stack(advantages)
+
+
+def clip_by_global_norm(grads, max_norm):
+    total = torch.sqrt(sum((g**2).sum() for g in grads))
+    scale = min(1.0, max_norm / (total.item() + 1e-6))
+    return [g * scale for g in grads]
+
+
+def reference_update(agent, batch, args):
+    """The bilevel update of the paper on MB_INDS, applied to `agent` with SGD; returns (pg_loss, v_loss)."""
+    mb = torch.as_tensor(MB_INDS)
+    obs, returns, old_values = batch.obs[mb], batch.returns[mb], batch.values[mb]
+    critic, actor = list(agent.critic.parameters()), agent.actor_parameters()
+    names = [name for name, _ in agent.critic.named_parameters()]
+
+    def value(params, x):
+        return torch.func.functional_call(agent.critic, dict(zip(names, params)), (x,)).squeeze(-1)
+
+    def ppo_value_loss(new_values):
+        unclipped = (new_values - returns) ** 2
+        if not args.clip_vloss:
+            return 0.5 * unclipped.mean()
+        clipped = (old_values + (new_values - old_values).clamp(-args.clip_coef, args.clip_coef) - returns) ** 2
+        return 0.5 * torch.maximum(unclipped, clipped).mean()
+
+    # K - 1 critic steps alone, each with the critic's gradient clipped on its own
+    for _ in range(args.nested_updates - 1):
+        grads = torch.autograd.grad(args.vf_coef * ppo_value_loss(value(critic, obs)), critic)
+        with torch.no_grad():
+            for p, grad in zip(critic, clip_by_global_norm(grads, args.max_grad_norm)):
+                p -= LR_CRITIC * grad
+
+    # the actor's loss at (theta, w): A(w) from a plain GAE loop over the critic's values of all the rollout's states
+    w = [p.detach().clone().requires_grad_() for p in critic]
+    all_values = value(w, batch.states.flatten(0, 1)).view(NUM_STEPS + 1, NUM_ENVS)
+    a_w = plain_gae(batch.rewards, all_values[:-1], batch.dones, all_values[-1], batch.next_done, 0.99, 0.95)
+    a_w = a_w.reshape(-1)[mb]
+    advantages = batch.advantages[mb] + (a_w - a_w.detach()) if args.hypergrad else batch.advantages[mb]
+    if args.norm_adv_stats == "rollout":
+        mean, std = batch.advantages.mean(), batch.advantages.std()
+    else:
+        mean, std = advantages.mean(), advantages.std()
+    advantages = (advantages - mean) / (std + 1e-8)
+    _, newlogprob, entropy, newvalue = agent.get_action_and_value(obs, batch.actions[mb])
+    ratio = torch.exp(newlogprob - batch.logprobs[mb])
+    unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss = torch.maximum(unclipped, clipped).mean()
+    v_loss = ppo_value_loss(newvalue)
+    g = torch.cat(
+        [t.reshape(-1) for t in torch.autograd.grad(pg_loss - args.ent_coef * entropy.mean(), actor, retain_graph=True)]
+    )
+    critic_grads = list(torch.autograd.grad(args.vf_coef * v_loss, critic, retain_graph=True))
+
+    h = g
+    if args.hypergrad:
+        v = torch.cat([t.reshape(-1) for t in torch.autograd.grad(pg_loss, w)])
+        w_flat = torch.cat([p.detach().reshape(-1) for p in critic])
+
+        def unflatten(flat):
+            return [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in critic]), critic)]
+
+        def critic_loss(flat):
+            return ((value(unflatten(flat), obs) - returns) ** 2).mean()
+
+        hessian = torch.func.hessian(critic_loss)(w_flat)
+        x = torch.linalg.solve(hessian + args.ihvp_rho * torch.eye(len(w_flat)), v)
+        # c = grad_theta [ grad_w L(theta, w) . x ] with L(theta, w) = mean_i r_i(theta) (V_w(s_i) - G_i)^2
+        w_var = w_flat.clone().requires_grad_()
+        (grad_w,) = torch.autograd.grad(
+            (ratio * (value(unflatten(w_var), obs) - returns) ** 2).mean(), w_var, create_graph=True
+        )
+        c = torch.cat([t.reshape(-1) for t in torch.autograd.grad(grad_w @ x, actor)])
+        c = -c if args.flip_mixed_sign else c
+        if c.norm() > args.hypergrad_bound * g.norm():
+            c = c * (args.hypergrad_bound * g.norm() / c.norm())
+        h = g - c
+
+    actor_grads = list(h.split([p.numel() for p in actor]))
+    actor_grads = [grad.view_as(p) for grad, p in zip(actor_grads, actor)]
+    by_param = {id(p): grad for p, grad in zip(critic + actor, critic_grads + actor_grads)}
+    params = list(agent.parameters())
+    grads = clip_by_global_norm([by_param[id(p)] for p in params], args.max_grad_norm)
+    with torch.no_grad():
+        for p, grad in zip(params, grads):
+            p -= (LR_CRITIC if any(p is q for q in critic) else LR_ACTOR) * grad
+    return pg_loss.item(), v_loss.item()
+
+
+def assert_same_parameters(agent, expected, rtol=1e-7, atol=1e-10):
+    for (name, p), q in zip(agent.named_parameters(), expected.parameters()):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+UPDATE_CASES = {
+    "K3-minibatch-stats": dict(),
+    "K3-rollout-stats-clipped-bounded": dict(norm_adv_stats="rollout", max_grad_norm=0.3, hypergrad_bound=0.5),
+    "K1-clipped": dict(nested_updates=1, max_grad_norm=0.3),
+    "K2-no-vloss-clip-flipped": dict(nested_updates=2, clip_vloss=False, flip_mixed_sign=True),
+    "K4-no-hypergrad-clipped": dict(nested_updates=4, hypergrad=False, max_grad_norm=0.3),
+}
+
+
+@pytest.mark.parametrize("case", UPDATE_CASES)
+def test_update_is_the_bilevel_step(blpo, case):
+    """The parameters after update_minibatch equal the reference's, and so do the logged losses: this pins the
+    gradient applied (h, not g or g + c), the Hessian's loss, states and weights, the mixed term's inputs, the
+    clipped surrogate (max of the negated terms), the advantage normalization, the value loss, the number of
+    critic steps, and the joint clip."""
+    agent, batch = make_problem(blpo)
+    args = update_args(blpo, **UPDATE_CASES[case])
+    expected = copy.deepcopy(agent)
+    losses, stats = script_update(blpo, agent, batch, args)
+    pg_loss, v_loss = reference_update(expected, batch, args)
+    assert losses.pg_loss == pytest.approx(pg_loss, rel=1e-9)
+    assert losses.v_loss == pytest.approx(v_loss, rel=1e-9)
+    assert_same_parameters(agent, expected)
+    if args.hypergrad:
+        assert stats.updates == 1 and stats.fallbacks == 0
+
+
+def test_the_correction_moves_the_actor(blpo):
+    """The correction moves the actor a thousand times farther than the tolerance of the comparison above."""
+    agent, batch = make_problem(blpo)
+    direct = copy.deepcopy(agent)
+    _, stats = script_update(blpo, agent, batch, update_args(blpo))
+    script_update(blpo, direct, batch, update_args(blpo, hypergrad=False))
+    assert stats.pop_means()["correction_ratio"] > 1e-3
+    difference = max((p - q).abs().max().item() for p, q in zip(agent.actor_parameters(), direct.actor_parameters()))
+    assert difference > 1e3 * (1e-10 + 1e-7 * max(p.abs().max().item() for p in agent.parameters()))
+
+
+def test_bound_zero_update_equals_no_hypergrad(blpo):
+    """beta = 0 scales the correction to zero: the update is the direct one bitwise; the default bound is not."""
+    results = {}
+    for name, overrides in {
+        "bound0": dict(hypergrad_bound=0.0, ihvp="cg", ihvp_rho=50.0),
+        "direct": dict(hypergrad=False),
+        "default": dict(hypergrad_bound=1.4, ihvp="cg", ihvp_rho=50.0),
+    }.items():
+        agent, batch = make_problem(blpo)
+        script_update(blpo, agent, batch, update_args(blpo, **overrides))
+        results[name] = [p.detach() for p in agent.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(results["bound0"], results["direct"]))
+    assert not all(torch.equal(p, q) for p, q in zip(results["default"], results["direct"]))
+
+
+def test_nonfinite_correction_falls_back_to_the_direct_step(blpo, monkeypatch):
+    """A solver that returns NaN: the update applies g, counts the fallback, and the weights stay finite."""
+    agent, batch = make_problem(blpo)
+    direct = copy.deepcopy(agent)
+    monkeypatch.setattr(blpo, "solve_ihvp", lambda hvp, v, args, generator: torch.full_like(v, float("nan")))
+    _, stats = script_update(blpo, agent, batch, update_args(blpo))
+    script_update(blpo, direct, batch, update_args(blpo, hypergrad=False))
+    assert stats.fallbacks == 1 and stats.updates == 1
+    assert all(torch.isfinite(p).all() for p in agent.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(agent.parameters(), direct.parameters()))
+
+
+@pytest.mark.parametrize("ihvp", ["nystrom", "nystrom-paper"])
+def test_each_call_draws_a_fresh_sketch_from_the_generator(blpo, monkeypatch, ihvp):
+    """Successive updates sample new directions, and exactly the generator's next ones: neither frozen to the first
+    draw nor reseeded on every call."""
+    seen = []
+    if ihvp == "nystrom":
+        sketch = blpo.gaussian_sketch
+        monkeypatch.setattr(blpo, "gaussian_sketch", lambda *a: seen.append(sketch(*a)) or seen[-1])
+    else:
+        rows = blpo.hessian_rows
+        monkeypatch.setattr(
+            blpo, "hessian_rows", lambda hvp, coords, dim: seen.append(coords) or rows(hvp, coords, dim)
+        )
+    agent, batch = make_problem(blpo)
+    generator, stats = torch.Generator().manual_seed(11), blpo.HypergradStats()
+    for _ in range(3):
+        script_update(blpo, agent, batch, update_args(blpo, ihvp=ihvp, ihvp_rank=4), generator, stats)
+    dim = sum(p.numel() for p in agent.critic.parameters())
+    twin = torch.Generator().manual_seed(11)
+    if ihvp == "nystrom":
+        expected = [sketch(dim, 4, twin) for _ in range(3)]
+    else:
+        expected = [torch.randperm(dim, generator=twin)[:4] for _ in range(3)]
+    assert len(seen) == 3
+    for got, want in zip(seen, expected):
+        assert torch.equal(got, want)
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+
+
+def test_ihvp_check_reports_the_solvers_error(blpo):
+    """--ihvp-check-every: zero error and cosine one for the exact solver, a positive error for one CG step."""
+    agent, batch = make_problem(blpo)
+    _, stats = script_update(blpo, agent, batch, update_args(blpo, ihvp="exact", ihvp_check_every=1))
+    means = stats.pop_means()
+    assert means["ihvp_error"] == 0.0 and means["ihvp_cos"] == pytest.approx(1.0)
+    agent, batch = make_problem(blpo)
+    _, stats = script_update(blpo, agent, batch, update_args(blpo, ihvp="cg", ihvp_rank=1, ihvp_check_every=1))
+    means = stats.pop_means()
+    assert means["ihvp_error"] > 1e-3 and -1 <= means["ihvp_cos"] < 1
+    agent, batch = make_problem(blpo)
+    _, stats = script_update(blpo, agent, batch, update_args(blpo, ihvp="cg", ihvp_check_every=2))
+    assert "ihvp_error" not in stats.pop_means()  # one update, checked only every second
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole runs, in-process: what the main loop decides
+# ---------------------------------------------------------------------------------------------------------------
+
+TINY_RUN = {
+    "blpo_discrete": ["--env-id", "CartPole-v1", "--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4"],
+    "blpo_continuous": ["--env-id", "Hopper-v4", "--num-envs", "1", "--num-steps", "128", "--num-minibatches", "4"],
+}
+TINY_STEPS = {"blpo_discrete": 256, "blpo_continuous": 256}  # two iterations
+
+
+def tiny_argv(script, *extra):
+    return [*TINY_RUN[script], "--total-timesteps", str(TINY_STEPS[script]), "--update-epochs", "2", *extra]
+
+
+@pytest.fixture(params=SCRIPTS)
+def script(request):
+    return request.param
+
+
+def test_run_builds_the_batch_and_calls_the_update_as_specified(script, tmp_path, monkeypatch):
+    """Over a whole run: update_minibatch is called epochs x minibatches times per iteration with a partition of
+    the batch; the batch's states are its observations plus the bootstrap states; its advantages are GAE's by the
+    plain loop over its rewards, dones and values; the generator is the run's seeded one, drawn fresh."""
+    module = load_script(script)
+    calls, sketches = [], []
+    original_update, original_sketch = module.update_minibatch, module.gaussian_sketch
+
+    def recording_update(agent, optimizer, critic_fn, batch, mb_inds, args, generator, stats):
+        snapshot = type(batch)(*(None if t is None else t.clone() for t in batch))  # the storage is reused
+        calls.append((snapshot, np.array(mb_inds), agent.get_value(batch.states[-1]).detach()))
+        return original_update(agent, optimizer, critic_fn, batch, mb_inds, args, generator, stats)
+
+    def recording_sketch(dim, rank, generator):
+        sketches.append(original_sketch(dim, rank, generator))
+        return sketches[-1]
+
+    monkeypatch.setattr(module, "update_minibatch", recording_update)
+    monkeypatch.setattr(module, "gaussian_sketch", recording_sketch)
+    run_main(module, tiny_argv(script, "--ihvp", "nystrom", "--seed", "3"), tmp_path)
+
+    iterations, epochs, minibatches = 2, 2, 4
+    assert len(calls) == iterations * epochs * minibatches
+    for i in range(0, len(calls), minibatches):
+        group = np.concatenate([inds for _, inds, _ in calls[i : i + minibatches]])
+        assert sorted(group) == list(range(len(calls[i][0].obs)))  # each epoch visits every sample once
+    for batch, _, next_value in (calls[0], calls[epochs * minibatches]):  # each iteration's first update
+        num_envs = batch.states.shape[1]
+        torch.testing.assert_close(batch.states[:-1].reshape(batch.obs.shape), batch.obs)
+        values = batch.values.view(-1, num_envs)
+        advantages = plain_gae(batch.rewards, values, batch.dones, next_value, batch.next_done, 0.99, 0.95)
+        torch.testing.assert_close(batch.advantages, advantages.reshape(-1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch.returns, batch.advantages + batch.values)
+        # the GAE matrix the update recomputes A(w) with gives the same advantages from the same values
+        all_values = torch.cat([values, next_value.view(1, -1)])
+        next_nonterminal = 1.0 - torch.cat([batch.dones[1:], batch.next_done[None]])
+        deltas = batch.rewards + 0.99 * next_nonterminal * all_values[1:] - all_values[:-1]
+        recomputed = torch.einsum("ets,se->te", batch.discount, deltas).reshape(-1)
+        torch.testing.assert_close(recomputed, batch.advantages, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(calls[0][0].obs, calls[epochs * minibatches][0].obs)
+    twin = torch.Generator().manual_seed(3)
+    assert len(sketches) == len(calls)
+    for sketch in sketches:
+        assert torch.equal(sketch, original_sketch(sketch.shape[0], sketch.shape[1], twin))
+
+
+def test_run_takes_k_critic_steps_per_minibatch(script, tmp_path, monkeypatch):
+    """Every optimizer step of a whole run: K per minibatch update, the last of each with the actor's gradient."""
+    module = load_script(script)
+    steps = []
+    adam = module.optim.Adam
+
+    class CountingAdam(adam):
+        def step(self, closure=None):
+            steps.append(self.param_groups[0]["params"][0].grad is not None)
+            return super().step(closure)
+
+    monkeypatch.setattr(module.optim, "Adam", CountingAdam)
+    run_main(module, tiny_argv(script, "--nested-updates", "3"), tmp_path)
+    updates = 2 * 2 * 4
+    assert len(steps) == 3 * updates
+    assert steps == [False, False, True] * updates  # the actor's group has a gradient only at the joint step
+
+
+def scalars_and_weights(run_dir):
+    scalars = read_scalars(run_dir)
+    weights = torch.load(next(run_dir.glob("*.pt")), weights_only=False)["agent"]
+    return scalars, weights
+
+
+def test_bound_zero_run_equals_no_hypergrad_run(script, tmp_path):
+    """A whole run with beta = 0 logs the numbers of a --no-hypergrad run and ends with the same weights."""
+    runs = {
+        name: scalars_and_weights(
+            run_main(load_script(script), tiny_argv(script, *flags, "--save-model"), tmp_path / name)
+        )
+        for name, flags in {"bound0": ["--hypergrad-bound", "0"], "direct": ["--no-hypergrad"]}.items()
+    }
+    (bound0, bound0_weights), (direct, direct_weights) = runs["bound0"], runs["direct"]
+    for tag in direct:
+        if tag != "charts/SPS":
+            assert bound0[tag] == direct[tag], tag
+    assert all(torch.equal(bound0_weights[key], tensor) for key, tensor in direct_weights.items())
+
+
+def test_ppo_variant_is_ppo(tmp_path):
+    """blpo_continuous.py --nested-updates 1 --no-hypergrad and ppo_continuous.py, same seed: every logged number
+    (minibatch losses, returns, KL, clip fractions) and the final weights are the same."""
+    argv = ["--env-id", "Hopper-v4", "--total-timesteps", "1024", "--num-steps", "512", "--seed", "5", "--save-model"]
+    ppo_dir = run_main(load_script("ppo_continuous"), argv, tmp_path / "ppo")
+    blpo_dir = run_main(
+        load_script("blpo_continuous"), [*argv, "--nested-updates", "1", "--no-hypergrad"], tmp_path / "b"
+    )
+    (ppo, ppo_weights), (blpo, blpo_weights) = scalars_and_weights(ppo_dir), scalars_and_weights(blpo_dir)
+    assert sorted(ppo) == sorted(blpo)
+    for tag in ppo:
+        if tag != "charts/SPS":
+            assert ppo[tag] == blpo[tag], tag
+    assert ppo_weights.keys() == blpo_weights.keys()
+    assert all(torch.equal(ppo_weights[key], tensor) for key, tensor in blpo_weights.items())
