@@ -397,21 +397,26 @@ def test_run_builds_the_batch_and_calls_the_update_as_specified(script, tmp_path
 
 
 def test_run_takes_k_critic_steps_per_minibatch(script, tmp_path, monkeypatch):
-    """Every optimizer step of a whole run: K per minibatch update, the last of each with the actor's gradient."""
+    """Every optimizer step of a whole run: K per minibatch update, the last of each with the actor's gradient,
+    both learning rates annealed together (1, then 1/2 of their initial values over two iterations)."""
     module = load_script(script)
-    steps = []
+    steps, rates = [], []
     adam = module.optim.Adam
 
     class CountingAdam(adam):
         def step(self, closure=None):
             steps.append(self.param_groups[0]["params"][0].grad is not None)
+            rates.append(tuple(group["lr"] for group in self.param_groups))
             return super().step(closure)
 
     monkeypatch.setattr(module.optim, "Adam", CountingAdam)
-    run_main(module, tiny_argv(script, "--nested-updates", "3"), tmp_path)
+    rate_flags = ["--actor-lr", "0.004", "--critic-lr", "0.002"]
+    run_main(module, tiny_argv(script, "--nested-updates", "3", *rate_flags), tmp_path)
     updates = 2 * 2 * 4
     assert len(steps) == 3 * updates
     assert steps == [False, False, True] * updates  # the actor's group has a gradient only at the joint step
+    half = len(rates) // 2
+    assert rates == [(0.004, 0.002)] * half + [(0.002, 0.001)] * half
 
 
 def scalars_and_weights(run_dir):
