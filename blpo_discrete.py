@@ -2,6 +2,8 @@
 # PPO's actor-critic as a Stackelberg game: the critic (follower) takes K steps toward its best response on
 # each minibatch, and the actor (leader) follows the hypergradient through that response. With
 # --nested-updates 1 --no-hypergrad every update is CleanRL's ppo.py's.
+# Requires Python >= 3.10, gymnasium >= 1.1 (gym.vector.AutoresetMode) and torch >= 2.4 (Adam's fused CPU kernel);
+# requirements.txt pins the tested versions, with the extras --capture-video needs (moviepy, pygame-ce).
 import os
 import random
 import sys
@@ -49,7 +51,8 @@ class Args:
     env_id: str = "CartPole-v1"
     """the id of the environment"""
     total_timesteps: int = 500000
-    """total timesteps of the experiments"""
+    """total timesteps of the experiments, rounded down to whole iterations of num_envs * num_steps (the bar shows
+    the steps that run)"""
     actor_lr: float = 2.5e-4
     """the learning rate of the actor's parameters"""
     critic_lr: float = 2.5e-4
@@ -67,7 +70,7 @@ class Args:
     num_minibatches: int = 4
     """the number of mini-batches"""
     update_epochs: int = 4
-    """the K epochs to update the policy"""
+    """the number of epochs over the batch per update"""
     norm_adv: bool = True
     """Toggles advantages normalization"""
     norm_adv_stats: Literal["minibatch", "rollout"] = "minibatch"
@@ -131,6 +134,11 @@ def check_args(args: Args) -> None:
     ):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if "/" in args.exp_name:
+        fail(
+            f"--exp-name {args.exp_name!r} contains '/'; it names the run directory and the saved model file, "
+            f"so use e.g. {args.exp_name.replace('/', '-')!r}"
+        )
     if not args.ihvp_rho > 0:
         fail(f"--ihvp-rho must be positive, got {args.ihvp_rho}")
     if not args.hypergrad_bound >= 0:
@@ -153,6 +161,40 @@ def check_args(args: Args) -> None:
         fail(f"unknown env id {args.env_id!r} ({e}); pass a registered Gymnasium id such as CartPole-v1")
 
 
+def check_versions() -> None:
+    """Raise RuntimeError when the installed gymnasium or torch is older than this script needs (see the header)."""
+    if not hasattr(gym.vector, "AutoresetMode"):
+        raise RuntimeError(
+            f"gymnasium {gym.__version__} is too old: this script needs gymnasium >= 1.1 (gym.vector.AutoresetMode); "
+            "pip install -r requirements.txt"
+        )
+    if torch.__version__ < "2.4":
+        raise RuntimeError(
+            f"torch {torch.__version__} is too old: this script needs torch >= 2.4 (Adam's fused CPU kernel); "
+            "pip install -r requirements.txt"
+        )
+
+
+def check_rendering(env_id):
+    """Render one frame of a throwaway `env_id`, so that a --capture-video renderer that cannot work fails before
+    training; raise RuntimeError with the renderer's complaints (e.g. GLFW's missing display)."""
+    env = gym.make(env_id, render_mode="rgb_array")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            env.reset(seed=0)
+            env.render()
+    except Exception as e:
+        complaints = [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
+        mujoco_env = hasattr(env.unwrapped, "mujoco_renderer")
+        backend = f" with MUJOCO_GL={os.environ.get('MUJOCO_GL')} (egl needs no display)" if mujoco_env else ""
+        raise RuntimeError(
+            f"cannot render {env_id!r} for --capture-video{backend}: "
+            + "; ".join([*dict.fromkeys(complaints), f"{type(e).__name__}: {e}"])
+        ) from e
+    finally:
+        env.close()
+
+
 def make_env(env_id, idx, capture_video, run_name):
     def thunk():
         if capture_video and idx == 0:
@@ -169,16 +211,21 @@ def make_env(env_id, idx, capture_video, run_name):
 def make_envs(env_id, num_envs, capture_video, run_name):
     """Vector env with same-step autoreset: a done step returns the next episode's first observation,
     exactly as CleanRL's Gymnasium 0.29 scripts assume; the finished episode's statistics arrive in
-    `infos["final_info"]`."""
+    `infos["final_info"]`. Raises ValueError when `env_id` cannot be made or does not fit this script,
+    RuntimeError when gymnasium or torch is too old or --capture-video cannot render."""
+    check_versions()
     try:
+        if capture_video:
+            check_rendering(env_id)
         envs = gym.vector.SyncVectorEnv(
             [make_env(env_id, i, capture_video, run_name) for i in range(num_envs)],
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
         )
     except gym.error.Error as e:
-        fail(f"cannot make {env_id!r}: {e}")
+        raise ValueError(f"cannot make {env_id!r}: {e}") from None
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        fail(
+        envs.close()
+        raise ValueError(
             f"{env_id} has a {type(envs.single_action_space).__name__} action space; "
             "this script needs a Discrete one (use blpo_continuous.py)"
         )
@@ -603,30 +650,74 @@ def save_model(path, agent):
     torch.save({"agent": agent.state_dict()}, path)
 
 
-def evaluate(model_path, env_id, eval_episodes=10, seed=1, deterministic=True, device="cpu"):
-    """Run a saved policy for `eval_episodes` episodes; return the undiscounted episodic returns."""
-    envs = make_envs(env_id, 1, False, "eval")
+def load_checkpoint(model_path, device):
+    """The dict a --save-model run saved at `model_path`; ValueError if it is something else."""
     checkpoint = torch.load(model_path, map_location=device, weights_only=False)
-    agent = Agent(np.prod(envs.single_observation_space.shape), envs.single_action_space.n).to(device)
-    agent.load_state_dict(checkpoint["agent"])
-    agent.eval()
-    obs, _ = envs.reset(seed=seed)
-    episodic_returns = []
-    while len(episodic_returns) < eval_episodes:
-        with torch.no_grad():
-            x = torch.as_tensor(obs, dtype=torch.float32, device=device)
-            actions = agent.actor(x).argmax(-1) if deterministic else agent.get_action_and_value(x)[0]
-        obs, _, _, _, infos = envs.step(actions.cpu().numpy())
-        episodic_returns += [r for r, _ in finished_episodes(infos)]
-    envs.close()
+    if not isinstance(checkpoint, dict) or "agent" not in checkpoint:
+        raise ValueError(f"{model_path} is not a checkpoint of --save-model: it has no 'agent' weights")
+    return checkpoint
+
+
+def load_weights(agent, weights, model_path, env_id):
+    """Load saved weights into `agent`; ValueError, naming what differs, if they belong to another network (another
+    script's checkpoint, or one trained on an env with other observation or action sizes)."""
+    expected = {name: tuple(t.shape) for name, t in agent.state_dict().items()}
+    saved = {name: tuple(t.shape) for name, t in weights.items()}
+    if saved != expected:
+        differences = {
+            "missing": [name for name in expected if name not in saved],
+            "unexpected": [name for name in saved if name not in expected],
+            "resized": [
+                f"{name} {saved[name]}" for name in expected if saved.get(name, expected[name]) != expected[name]
+            ],
+        }
+        listed = [
+            f"{kind} {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            for kind, names in differences.items()
+            if names
+        ]
+        raise ValueError(
+            f"{model_path} does not fit {os.path.basename(__file__)}'s agent on {env_id} (a checkpoint of another "
+            f"script or env?): {'; '.join(listed)}"
+        )
+    agent.load_state_dict(weights)
+
+
+def evaluate(model_path, env_id, eval_episodes=10, seed=1, deterministic=True, device="cpu"):
+    """Run a saved policy for `eval_episodes` episodes; return the undiscounted episodic returns. Raises ValueError
+    for an env id that cannot be made or a checkpoint that does not fit this script's agent on it."""
+    envs = make_envs(env_id, 1, False, "eval")
+    try:
+        checkpoint = load_checkpoint(model_path, device)
+        agent = Agent(np.prod(envs.single_observation_space.shape), envs.single_action_space.n).to(device)
+        load_weights(agent, checkpoint["agent"], model_path, env_id)
+        agent.eval()
+        obs, _ = envs.reset(seed=seed)
+        episodic_returns = []
+        while len(episodic_returns) < eval_episodes:
+            with torch.no_grad():
+                x = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                actions = agent.actor(x).argmax(-1) if deterministic else agent.get_action_and_value(x)[0]
+            obs, _, _, _, infos = envs.step(actions.cpu().numpy())
+            episodic_returns += [r for r, _ in finished_episodes(infos)]
+    finally:
+        envs.close()
     return episodic_returns[:eval_episodes]
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws classic-control frames off-screen, quietly
     args = tyro.cli(Args)
     check_args(args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name)
+    try:
+        envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name)
+    except (ValueError, RuntimeError) as e:
+        fail(str(e))
+    try:  # now, so that saving the model cannot fail after training
+        os.makedirs(f"runs/{run_name}", exist_ok=True)
+    except OSError as e:
+        fail(f"cannot create the run directory runs/{run_name}: {e.strerror}; run from a writable directory")
     if args.track:
         import wandb
 
@@ -679,111 +770,132 @@ if __name__ == "__main__":
     recent_returns = deque(maxlen=20)
     stats = HypergradStats()
     progress = tqdm(total=args.num_iterations * args.batch_size, unit="step", mininterval=1.0, dynamic_ncols=True)
-    next_obs, _ = envs.reset(seed=args.seed)
-    envs.action_space.seed(args.seed)
-    next_obs = torch.Tensor(next_obs).to(device)
-    next_done = torch.zeros(args.num_envs).to(device)
+    interrupted = False
+    try:
+        next_obs, _ = envs.reset(seed=args.seed)
+        envs.action_space.seed(args.seed)
+        next_obs = torch.Tensor(next_obs).to(device)
+        next_done = torch.zeros(args.num_envs).to(device)
 
-    for iteration in range(1, args.num_iterations + 1):
-        # Annealing the rate if instructed to do so.
-        if args.anneal_lr:
-            frac = 1.0 - (iteration - 1.0) / args.num_iterations
-            optimizer.param_groups[0]["lr"] = frac * args.actor_lr
-            optimizer.param_groups[1]["lr"] = frac * args.critic_lr
+        for iteration in range(1, args.num_iterations + 1):
+            # Annealing the rate if instructed to do so.
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                optimizer.param_groups[0]["lr"] = frac * args.actor_lr
+                optimizer.param_groups[1]["lr"] = frac * args.critic_lr
 
-        # 1. Rollout: num_steps x num_envs transitions with the current policy
-        for step in range(0, args.num_steps):
-            global_step += args.num_envs
-            obs[step] = next_obs
-            dones[step] = next_done
+            # 1. Rollout: num_steps x num_envs transitions with the current policy
+            for step in range(0, args.num_steps):
+                global_step += args.num_envs
+                obs[step] = next_obs
+                dones[step] = next_done
 
-            # ALGO LOGIC: action logic
-            with torch.inference_mode():
-                action, logprob, _, value = agent.get_action_and_value(next_obs)
-                values[step] = value
-            actions[step] = action
-            logprobs[step] = logprob
+                # ALGO LOGIC: action logic
+                with torch.inference_mode():
+                    action, logprob, _, value = agent.get_action_and_value(next_obs)
+                    values[step] = value
+                actions[step] = action
+                logprobs[step] = logprob
 
-            # TRY NOT TO MODIFY: execute the game and log data.
-            next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-            next_done = np.logical_or(terminations, truncations)
-            rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-            next_obs = torch.Tensor(next_obs).to(device)
-            next_done = torch.Tensor(next_done).to(device)
+                # TRY NOT TO MODIFY: execute the game and log data.
+                next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+                next_done = np.logical_or(terminations, truncations)
+                rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                next_obs = torch.Tensor(next_obs).to(device)
+                next_done = torch.Tensor(next_done).to(device)
 
-            for episodic_return, episodic_length in finished_episodes(infos):
-                recent_returns.append(episodic_return)
-                writer.add_scalar("charts/episodic_return", episodic_return, global_step)
-                writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+                for episodic_return, episodic_length in finished_episodes(infos):
+                    recent_returns.append(episodic_return)
+                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
 
-        # 2. Advantages: GAE(gamma, lambda) with the rollout's values, bootstrapped from the last observation.
-        # The actor keeps these values; the hypergradient adds A(w) = D delta(w)'s dependence on the critic
-        with torch.no_grad():
-            next_value = agent.get_value(next_obs)
-            advantages, returns = compute_gae(
-                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
+            # 2. Advantages: GAE(gamma, lambda) with the rollout's values, bootstrapped from the last observation.
+            # The actor keeps these values; the hypergradient adds A(w) = D delta(w)'s dependence on the critic
+            with torch.no_grad():
+                next_value = agent.get_value(next_obs)
+                advantages, returns = compute_gae(
+                    rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
+                )
+
+            # flatten the batch
+            batch = Batch(
+                obs=obs.reshape((-1,) + envs.single_observation_space.shape),
+                actions=actions.reshape((-1,) + envs.single_action_space.shape),
+                logprobs=logprobs.reshape(-1),
+                advantages=advantages.reshape(-1),
+                returns=returns.reshape(-1),
+                values=values.reshape(-1),
+                adv_mean=advantages.mean(),
+                adv_std=advantages.std(),
+                states=torch.cat([obs, next_obs[None]]),
+                rewards=rewards,
+                dones=dones,
+                next_done=next_done,
+                discount=gae_discount_matrix(dones, next_done, args.gamma, args.gae_lambda) if args.hypergrad else None,
             )
 
-        # flatten the batch
-        batch = Batch(
-            obs=obs.reshape((-1,) + envs.single_observation_space.shape),
-            actions=actions.reshape((-1,) + envs.single_action_space.shape),
-            logprobs=logprobs.reshape(-1),
-            advantages=advantages.reshape(-1),
-            returns=returns.reshape(-1),
-            values=values.reshape(-1),
-            adv_mean=advantages.mean(),
-            adv_std=advantages.std(),
-            states=torch.cat([obs, next_obs[None]]),
-            rewards=rewards,
-            dones=dones,
-            next_done=next_done,
-            discount=gae_discount_matrix(dones, next_done, args.gamma, args.gae_lambda) if args.hypergrad else None,
-        )
+            # 3. Update: update_epochs passes over random minibatches, each a bilevel step (critic K times, actor once)
+            b_inds = np.arange(args.batch_size)
+            clipfracs = []
+            for epoch in range(args.update_epochs):
+                np.random.shuffle(b_inds)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    end = start + args.minibatch_size
+                    losses = update_minibatch(
+                        agent, optimizer, critic_fn, batch, b_inds[start:end], args, generator, stats
+                    )
+                    clipfracs.append(losses.clipfrac)
 
-        # 3. Update: update_epochs passes over random minibatches, each a bilevel step (critic K times, actor once)
-        b_inds = np.arange(args.batch_size)
-        clipfracs = []
-        for epoch in range(args.update_epochs):
-            np.random.shuffle(b_inds)
-            for start in range(0, args.batch_size, args.minibatch_size):
-                end = start + args.minibatch_size
-                losses = update_minibatch(agent, optimizer, critic_fn, batch, b_inds[start:end], args, generator, stats)
-                clipfracs.append(losses.clipfrac)
+                if args.target_kl is not None and losses.approx_kl > args.target_kl:
+                    break
 
-            if args.target_kl is not None and losses.approx_kl > args.target_kl:
-                break
+            y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
-        y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
-        var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+            # 4. Logging
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", losses.v_loss, global_step)
+            writer.add_scalar("losses/policy_loss", losses.pg_loss, global_step)
+            writer.add_scalar("losses/entropy", losses.entropy_loss, global_step)
+            writer.add_scalar("losses/old_approx_kl", losses.old_approx_kl, global_step)
+            writer.add_scalar("losses/approx_kl", losses.approx_kl, global_step)
+            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            if args.hypergrad:
+                for name, value in stats.pop_means().items():
+                    writer.add_scalar(f"hypergrad/{name}", value, global_step)
+                writer.add_scalar("hypergrad/nonfinite_fallbacks", stats.fallbacks, global_step)
+            progress.update(args.batch_size)
+            progress.set_postfix(
+                SPS=sps, ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-", refresh=False
+            )
+    except KeyboardInterrupt:  # Ctrl-C: keep what there is, below
+        interrupted = True
 
-        # 4. Logging
-        sps = int(global_step / (time.time() - start_time))
-        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("losses/value_loss", losses.v_loss, global_step)
-        writer.add_scalar("losses/policy_loss", losses.pg_loss, global_step)
-        writer.add_scalar("losses/entropy", losses.entropy_loss, global_step)
-        writer.add_scalar("losses/old_approx_kl", losses.old_approx_kl, global_step)
-        writer.add_scalar("losses/approx_kl", losses.approx_kl, global_step)
-        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-        writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        writer.add_scalar("charts/SPS", sps, global_step)
-        if args.hypergrad:
-            for name, value in stats.pop_means().items():
-                writer.add_scalar(f"hypergrad/{name}", value, global_step)
-            writer.add_scalar("hypergrad/nonfinite_fallbacks", stats.fallbacks, global_step)
-        progress.update(args.batch_size)
-        progress.set_postfix(SPS=sps, ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-", refresh=False)
-
+    # The end, of a finished or an interrupted run: the model as it is, evaluated if finished; complete events
     progress.close()
+    if interrupted:
+        print(
+            f"interrupted at step {global_step} of {progress.total}; its events are in runs/{run_name}", file=sys.stderr
+        )
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
         save_model(model_path, agent)
         print(f"model saved to {model_path}")
-        returns = evaluate(model_path, args.env_id, eval_episodes=10, seed=args.seed, device=device)
-        for idx, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, idx)
-
     envs.close()
+    if args.save_model and not interrupted:
+        try:
+            returns = evaluate(model_path, args.env_id, eval_episodes=10, seed=args.seed, device=device)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("interrupted during the evaluation; stopping", file=sys.stderr)
+        else:
+            print(f"evaluation: mean return {np.mean(returns):.2f} over {len(returns)} episodes")
+            for idx, episodic_return in enumerate(returns):
+                writer.add_scalar("eval/episodic_return", episodic_return, idx)
     writer.close()
+    if interrupted:
+        sys.exit(130)

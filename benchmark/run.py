@@ -6,7 +6,8 @@
 A variant is `SCRIPT [FLAGS...]`, optionally named `NAME=SCRIPT [FLAGS...]`. Each run lives in
 `{out}/{variant}/{env_id}/seed{seed}/`: the script runs there (its TensorBoard events land in `runs/`),
 its output goes to `run.log`, and `record.json` is written once it has finished. A run with a record
-is skipped, so an interrupted grid resumes where it stopped.
+is skipped, so an interrupted grid resumes where it stopped. Ctrl-C stops the running runs and names
+the runs that did not finish.
 
 After the grid, or alone with `--aggregate-only`, every finished run under `{out}` is aggregated from
 its TensorBoard events into `summary.md` (Markdown tables headed by the command line), `summary.csv`
@@ -24,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -107,14 +109,53 @@ def check_env_ids(env_ids: list[str]) -> None:
             fail(f"unknown env id {env_id!r} ({e}); pass registered Gymnasium ids")
 
 
+class Workers:
+    """The training processes the grid is running, so that Ctrl-C can stop every one of them."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running: set[subprocess.Popen] = set()
+        self.stopped = False
+
+    def run(self, command: list[str], **popen_kwargs) -> int | None:
+        """Run `command` to its end and return its exit code; None, without starting it, once stop() was called."""
+        with self.lock:
+            if self.stopped:
+                return None
+            proc = subprocess.Popen(command, **popen_kwargs)
+            self.running.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.running.discard(proc)
+
+    def stop(self) -> None:
+        """Kill the running processes and start no more; returns once they have exited."""
+        with self.lock:
+            self.stopped = True
+            running = list(self.running)
+        for proc in running:
+            proc.kill()
+        for proc in running:
+            proc.wait()
+
+
 def run_dir(out: Path, variant: Variant, env_id: str, seed: int) -> Path:
     return out / variant.name / env_id / f"seed{seed}"
 
 
 def launch(
-    variant: Variant, env_id: str, seed: int, total_timesteps: int, directory: Path, extra_flags: tuple[str, ...] = ()
-) -> dict:
-    """Run one training run to completion in `directory`; write and return its record.
+    variant: Variant,
+    env_id: str,
+    seed: int,
+    total_timesteps: int,
+    directory: Path,
+    extra_flags: tuple[str, ...] = (),
+    workers: Workers | None = None,
+) -> dict | None:
+    """Run one training run to completion in `directory` (as one of `workers`, if given); write and return its
+    record, or return None when the workers were stopped before it started.
 
     `extra_flags` go to the script after the variant's own flags (e.g. `--track`)."""
     if directory.exists():
@@ -135,7 +176,9 @@ def launch(
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MUJOCO_GL="egl")
     start = time.time()
     with open(directory / "run.log", "w") as log:
-        returncode = subprocess.run(command, cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        returncode = (workers or Workers()).run(command, cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if returncode is None:
+        return None
     wall_clock = time.time() - start
     record = {
         "variant": variant.name,
@@ -175,15 +218,34 @@ def run_grid(args: Args, variants: list[Variant]) -> int:
     todo = [job for job in jobs if not finished(job[3])]
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already finished, {len(todo)} to run on {args.workers} workers")
 
+    workers = Workers()
+
     def work(job):
         variant, env_id, seed, directory = job
-        record = launch(variant, env_id, seed, args.total_timesteps, directory, tracking_flags(args))
+        record = launch(variant, env_id, seed, args.total_timesteps, directory, tracking_flags(args), workers)
+        if record is None or workers.stopped:
+            return record  # Ctrl-C: the main thread reports
         status = "ok" if record["returncode"] == 0 else f"FAILED ({record['returncode']}), see {directory / 'run.log'}"
         print(f"{variant.name} {env_id} seed {seed}: {status}, {record['wall_clock_s']:.0f} s", flush=True)
         return record
 
-    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, args.workers))
+    try:
         records = list(pool.map(work, todo))
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        workers.stop()
+        pool.shutdown(wait=True)
+        unfinished = [
+            f"{v.name} {env_id} seed {seed}" for v, env_id, seed, directory in todo if not finished(directory)
+        ]
+        print(
+            f"interrupted: {len(unfinished)} run(s) did not finish: {', '.join(unfinished)}; "
+            "the same command resumes them",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    pool.shutdown()
     return sum(r["returncode"] != 0 for r in records)
 
 
@@ -542,4 +604,7 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except KeyboardInterrupt:  # while aggregating; the grid handles its own
+        sys.exit("interrupted")

@@ -1,8 +1,10 @@
 """Helpers for the script-level tests: run repository scripts in subprocesses and read what they logged."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -48,15 +50,32 @@ class ScriptRun(NamedTuple):
         return only_run_dir(self.cwd)
 
 
-def start_script(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+def restore_ctrl_c() -> None:
+    """In a child process before it runs: SIGINT back to its default action, which Python turns into
+    KeyboardInterrupt (a shell starts background jobs with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_script(command: list[str], cwd: Path, env: dict[str, str], interruptible: bool = False) -> subprocess.Popen:
     """Start `python ROOT/script *flags` for `command = [script, *flags]` in `cwd` with one OpenMP thread;
-    stdout/stderr go to files in `cwd`."""
+    stdout/stderr go to files in `cwd`. `interruptible`: SIGINT acts as Ctrl-C in it, whatever this process
+    inherited (not for use from threads)."""
     script, *flags = command
     cwd.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl", **env}
     with open(cwd / "stdout.log", "w") as out, open(cwd / "stderr.log", "w") as err:
         argv = [sys.executable, str(ROOT / script), *flags]
-        return subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=out, stderr=err)
+        preexec_fn = restore_ctrl_c if interruptible else None
+        return subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=out, stderr=err, preexec_fn=preexec_fn)
+
+
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float = SCRIPT_TIMEOUT) -> None:
+    """Wait until the file `path` holds `text`; fail if `proc` exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and text in path.read_text(errors="replace")):
+        assert proc.poll() is None, f"{proc.args} exited with {proc.returncode} before {path.name} showed {text!r}"
+        assert time.monotonic() < deadline, f"{path.name} did not show {text!r} within {timeout} s"
+        time.sleep(0.2)
 
 
 def finish_script(proc: subprocess.Popen, cwd: Path, timeout: float = SCRIPT_TIMEOUT) -> ScriptRun:

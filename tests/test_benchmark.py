@@ -1,10 +1,11 @@
 """benchmark/run.py: a tiny grid end to end, aggregation against hand-written events, resuming,
-clear errors, and the W&B sweep's command lines."""
+clear errors, Ctrl-C, and the W&B sweep's command lines."""
 
 import csv
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import tyro
 import yaml
+from scripts import restore_ctrl_c, wait_for_text
 from torch.utils.tensorboard import SummaryWriter
 
 from benchmark import run
@@ -221,6 +223,54 @@ def test_bad_input_stops_with_one_line(tmp_path, flags, message):
     assert result.returncode != 0
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
     assert not out.exists()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes that any thread of process `pid` started."""
+    return [int(child) for path in Path(f"/proc/{pid}/task").glob("*/children") for child in path.read_text().split()]
+
+
+def is_training(pid: int) -> bool:
+    """Whether process `pid` exists and runs a training script."""
+    try:
+        return b"_continuous.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_ctrl_c_stops_the_workers_and_names_the_unfinished_runs(tmp_path):
+    """SIGINT while the first of two long runs trains on one worker: the worker is killed, both runs are named as
+    unfinished in one line, exit 130 without a traceback, no record and no aggregation."""
+    out = tmp_path / "out"
+    flags = ["--variants", f"ppo=ppo_continuous.py {TINY}", "--env-ids", "Hopper-v4", "--seeds", "1", "2"]
+    flags += ["--total-timesteps", "10000000", "--workers", "1", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmark" / "run.py"), *flags],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=restore_ctrl_c,
+    )
+    try:
+        wait_for_text(out / "ppo" / "Hopper-v4" / "seed1" / "run.log", "SPS=", proc, timeout=300)
+        workers = child_pids(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # the test failed: leave no 10M-step run behind
+            for pid in child_pids(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert stderr.splitlines() == [
+        "interrupted: 2 run(s) did not finish: ppo Hopper-v4 seed 1, ppo Hopper-v4 seed 2; "
+        "the same command resumes them"
+    ]
+    assert len(workers) == 1 and not is_training(workers[0])
+    assert not list(out.glob("*/*/seed*/record.json")) and not (out / "summary.md").exists()
 
 
 def test_sweep_commands_parse():

@@ -62,6 +62,11 @@ WRONG_ACTION_SPACE = {
     "blpo_discrete": (["--env-id", "Hopper-v4"], "needs a Discrete one"),
     "blpo_continuous": (["--env-id", "CartPole-v1"], "needs a continuous (Box) one"),
 }
+# --capture-video where the renderer cannot start: pygame without a video driver, MuJoCo's GLFW without a display
+NO_RENDERER = {
+    "blpo_discrete": {"SDL_VIDEODRIVER": "nosuchdriver"},
+    "blpo_continuous": {"MUJOCO_GL": "glfw", "DISPLAY": "", "WAYLAND_DISPLAY": ""},
+}
 # Appended to the tiny runs' flags, so a check that goes missing shows up as a quick run that exits 0.
 BAD_INPUTS = {
     (script, case): bad
@@ -73,6 +78,9 @@ BAD_INPUTS = {
         "non-positive-rho": (["--ihvp-rho", "0"], "--ihvp-rho must be positive"),
         "minibatches-do-not-divide": (["--num-envs", "4", "--num-minibatches", "3"], "not divisible"),
         "total-below-one-batch": (["--total-timesteps", "100"], "smaller than one batch"),
+        "exp-name-with-slash": (["--exp-name", "a/b", "--save-model"], "--exp-name 'a/b' contains '/'"),
+        "runs-not-creatable": ([], "cannot create the run directory runs/"),
+        "no-renderer-for-video": (["--capture-video"], f"cannot render {TINY[script].env_id!r} for --capture-video"),
     }.items()
 }
 
@@ -81,19 +89,25 @@ pytestmark = pytest.mark.usefixtures("run_in_tmp_cwd")
 
 @pytest.fixture(scope="module")
 def script_runs(tmp_path_factory):
-    """Every run of the module, started concurrently once: `{script}/{variant}`, `blpo_discrete/twin` (a repeat of
-    `blpo_discrete/full`), the bad inputs `{script}/{case}` and the CartPole `learning` run."""
+    """Every run of the module, started concurrently once: the bad inputs `{script}/{case}` (quick, so first),
+    `{script}/{variant}`, `blpo_discrete/twin` (a repeat of `blpo_discrete/full`) and the CartPole `learning` run.
+    `{script}/runs-not-creatable` runs where a file named `runs` is in the way."""
+    root = tmp_path_factory.mktemp("blpo_runs")
     commands = {
+        f"{script}/{case}": TINY[script].command(script, *flags) for (script, case), (flags, _) in BAD_INPUTS.items()
+    }
+    envs = {f"{script}/no-renderer-for-video": env for script, env in NO_RENDERER.items()}
+    for script in SCRIPTS:
+        (root / script / "runs-not-creatable").mkdir(parents=True)
+        (root / script / "runs-not-creatable" / "runs").write_text("")
+    commands |= {
         f"{script}/{variant}": TINY[script].command(script, *extra)
         for script in SCRIPTS
         for variant, extra in TINY_VARIANTS.items()
     }
     commands["blpo_discrete/twin"] = commands["blpo_discrete/full"]
-    commands |= {
-        f"{script}/{case}": TINY[script].command(script, *flags) for (script, case), (flags, _) in BAD_INPUTS.items()
-    }
     commands["learning"] = ["blpo_discrete.py", "--total-timesteps", str(LEARNING_STEPS), "--seed", "1"]
-    with ScriptRuns(tmp_path_factory.mktemp("blpo_runs"), commands) as runs:
+    with ScriptRuns(root, commands, envs) as runs:
         yield runs
 
 
@@ -180,6 +194,45 @@ def test_saved_model_evaluates_with_its_exact_weights(script_runs, script, monke
     assert loaded.keys() == saved.keys()
     for key, tensor in saved.items():
         assert torch.equal(loaded[key], tensor), key
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_save_model_run_prints_its_evaluation(script_runs, script):
+    """The evaluation after --save-model prints its mean return, the mean of the eval/ returns it logs."""
+    run = script_runs[f"{script}/full"]
+    returns = [value for _, value in read_scalars(run.run_dir())["eval/episodic_return"]]
+    lines = [line for line in run.result.stdout.splitlines() if line.startswith("evaluation:")]
+    assert lines == [f"evaluation: mean return {np.mean(returns):.2f} over 10 episodes"]
+
+
+@pytest.fixture(scope="module")
+def fresh_checkpoints(tmp_path_factory):
+    """Checkpoints of untrained agents as each script's save_model writes them: script -> path."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    discrete, continuous = importlib.import_module("blpo_discrete"), importlib.import_module("blpo_continuous")
+    discrete.save_model(root / "blpo_discrete.pt", discrete.Agent(4, 2))
+    envs = continuous.make_envs("Hopper-v4", 1, False, "x", 0.99)
+    continuous.save_model(root / "blpo_continuous.pt", continuous.Agent(11, 3), envs)
+    envs.close()
+    return {"blpo_discrete": root / "blpo_discrete.pt", "blpo_continuous": root / "blpo_continuous.pt"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_evaluate_rejects_the_other_scripts_checkpoint(fresh_checkpoints, script):
+    """A ValueError that says what is wrong, not a KeyError or load_state_dict's list of every key."""
+    other, message = {
+        "blpo_continuous": ("blpo_discrete", r"has no observation statistics \('obs_rms'\), so it is not a checkpoint"),
+        "blpo_discrete": ("blpo_continuous", r"does not fit blpo_discrete.py's agent on CartPole-v1 \(.*\): missing"),
+    }[script]
+    with pytest.raises(ValueError, match=message):
+        importlib.import_module(script).evaluate(fresh_checkpoints[other], TINY[script].env_id, eval_episodes=1)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_evaluate_raises_value_error_for_an_unknown_env_id(fresh_checkpoints, script):
+    """Not SystemExit, which would end the program that imported evaluate."""
+    with pytest.raises(ValueError, match="cannot make 'NoSuchEnv-v0'"):
+        importlib.import_module(script).evaluate(fresh_checkpoints[script], "NoSuchEnv-v0")
 
 
 def test_same_seed_gives_identical_scalars_and_weights(script_runs):

@@ -3,14 +3,29 @@
 The Gaussian policy and action clipping checks also run on blpo_continuous.py, which shares that code.
 """
 
+import ctypes.util
 import importlib
 import math
+import os
+import signal
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from scripts import CLEANRL_TAGS, assert_fails_with_one_error_line, read_scalars, record_calls, run_scripts
+from scripts import (
+    CLEANRL_TAGS,
+    assert_fails_with_one_error_line,
+    finish_script,
+    load_script,
+    only_run_dir,
+    read_scalars,
+    record_calls,
+    run_main,
+    run_scripts,
+    start_script,
+    wait_for_text,
+)
 
 import ppo_continuous
 
@@ -18,6 +33,7 @@ import ppo_continuous
 TINY_RUN = ["ppo_continuous.py", "--env-id", "Hopper-v4", "--total-timesteps", "512", "--num-steps", "256"]
 TINY_RUN += ["--num-minibatches", "4", "--update-epochs", "1", "--seed", "7"]
 CONTINUOUS_SCRIPTS = ["ppo_continuous", "blpo_continuous"]
+ALL_SCRIPTS = [*CONTINUOUS_SCRIPTS, "blpo_discrete"]
 
 pytestmark = pytest.mark.usefixtures("run_in_tmp_cwd")
 
@@ -333,6 +349,30 @@ def test_evaluate_returns_finite_returns(saved_model):
     assert len(scalars["eval/episodic_return"]) == 10  # the script's own evaluation after --save-model
 
 
+def test_save_model_run_prints_its_evaluation(tiny_runs, saved_model):
+    """The evaluation after --save-model prints its mean return, the mean of the eval/ returns it logs."""
+    _, _, scalars = saved_model
+    lines = [line for line in tiny_runs["first"].result.stdout.splitlines() if line.startswith("evaluation:")]
+    mean = np.mean([value for _, value in scalars["eval/episodic_return"]])
+    assert lines == [f"evaluation: mean return {mean:.2f} over 10 episodes"]
+
+
+def test_evaluate_rejects_what_it_cannot_run(saved_model, tmp_path):
+    """evaluate raises ValueError naming the problem, never SystemExit: an unknown env id, a checkpoint of another
+    env's sizes, a checkpoint without observation statistics (blpo_discrete's), a file that is no checkpoint."""
+    path, checkpoint, _ = saved_model
+    with pytest.raises(ValueError, match="cannot make 'NoSuchEnv-v0'"):
+        ppo_continuous.evaluate(path, "NoSuchEnv-v0")
+    with pytest.raises(ValueError, match=r"does not fit ppo_continuous.py's agent on HalfCheetah-v4 .*resized"):
+        ppo_continuous.evaluate(path, "HalfCheetah-v4", eval_episodes=1)
+    torch.save({"agent": checkpoint["agent"]}, tmp_path / "no_stats.pt")
+    with pytest.raises(ValueError, match="has no observation statistics"):
+        ppo_continuous.evaluate(tmp_path / "no_stats.pt", "Hopper-v4", eval_episodes=1)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="not a checkpoint of --save-model"):
+        ppo_continuous.evaluate(tmp_path / "list.pt", "Hopper-v4", eval_episodes=1)
+
+
 @pytest.fixture
 def recorded_evaluation(saved_model, monkeypatch):
     """Run evaluate on the saved model while recording the Agent and vector env it builds."""
@@ -367,22 +407,106 @@ def test_evaluate_uses_frozen_saved_obs_statistics(recorded_evaluation):
 # 7. Bad inputs
 # ---------------------------------------------------------------------------------------------------------------
 
+NO_DISPLAY = {"MUJOCO_GL": "glfw", "DISPLAY": "", "WAYLAND_DISPLAY": ""}
+# The last cases are tiny runs, so that a check that goes missing shows up as a quick run that exits 0.
 BAD_INPUTS = {
     "discrete-action-env": (["--env-id", "CartPole-v1"], "Discrete"),
     "unknown-env-id": (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
     "minibatches-do-not-divide": (["--num-steps", "100", "--num-minibatches", "32"], "not divisible"),
     "total-below-one-batch": (["--num-steps", "256", "--total-timesteps", "100"], "smaller than one batch"),
+    "exp-name-with-slash": ([*TINY_RUN[1:], "--exp-name", "a/b", "--save-model"], "--exp-name 'a/b' contains '/'"),
+    "runs-not-creatable": (TINY_RUN[1:], "cannot create the run directory runs/Hopper-v4__ppo_continuous__7__"),
+    "mujoco-gl-unloadable": (TINY_RUN[1:], "MuJoCo cannot load its OpenGL backend MUJOCO_GL=osmesa"),
+    "video-without-display": ([*TINY_RUN[1:], "--capture-video"], "cannot render 'Hopper-v4' for --capture-video"),
+}
+# PyOpenGL follows PYOPENGL_PLATFORM, which an in-process MuJoCo import of the test session may have set to egl
+BAD_INPUT_ENVS = {
+    "mujoco-gl-unloadable": {"MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa"},
+    "video-without-display": NO_DISPLAY,
 }
 
 
 @pytest.fixture(scope="module")
 def bad_input_runs(tmp_path_factory):
-    """All bad-input invocations, started concurrently once for the module."""
+    """All bad-input invocations, started concurrently once for the module; `runs-not-creatable` runs where a file
+    named `runs` is in the way."""
     root = tmp_path_factory.mktemp("bad_inputs")
-    return run_scripts(root, {case: ["ppo_continuous.py", *args] for case, (args, _) in BAD_INPUTS.items()})
+    (root / "runs-not-creatable").mkdir()
+    (root / "runs-not-creatable" / "runs").write_text("")
+    commands = {case: ["ppo_continuous.py", *args] for case, (args, _) in BAD_INPUTS.items()}
+    return run_scripts(root, commands, BAD_INPUT_ENVS)
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_fails_with_one_error_line(bad_input_runs, case):
     """One `error:` line on stderr naming the problem, non-zero exit, no traceback."""
+    if case == "mujoco-gl-unloadable" and ctypes.util.find_library("OSMesa"):
+        pytest.skip("OSMesa is installed here, so MUJOCO_GL=osmesa loads")
     assert_fails_with_one_error_line(bad_input_runs[case].result, BAD_INPUTS[case][1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 9. Ctrl-C
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_saves_the_model_and_closes_the_events(tmp_path):
+    """SIGINT after the first iteration of a long --save-model run: one line about it and no traceback, exit 130, the
+    weights as they are saved, the TensorBoard events readable (the evaluation is skipped)."""
+    proc = start_script([*TINY_RUN, "--total-timesteps", "10000000", "--save-model"], tmp_path, {}, interruptible=True)
+    try:
+        wait_for_text(tmp_path / "stderr.log", "SPS=", proc)  # the bar after the first iteration
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    proc.send_signal(signal.SIGINT)
+    result = finish_script(proc, tmp_path, timeout=120).result
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    notes = [line for line in (result.stdout + result.stderr).splitlines() if "interrupt" in line]
+    assert len(notes) == 1 and notes[0].startswith("interrupted at step "), notes
+    run_dir = only_run_dir(tmp_path)
+    assert f"model saved to runs/{run_dir.name}/ppo_continuous.pt" in result.stdout
+    checkpoint = torch.load(run_dir / "ppo_continuous.pt", weights_only=False)
+    assert checkpoint.keys() == {"agent", "obs_rms"} and checkpoint["agent"]["actor_logstd"].shape == (1, 3)
+    scalars = read_scalars(run_dir)
+    assert len(scalars["charts/SPS"]) >= 1 and "eval/episodic_return" not in scalars
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 10. Shared by the three scripts: versions, importing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_too_old_gymnasium_or_torch_is_named(script, monkeypatch):
+    """check_versions names the package that is too old; gymnasium 1.0 has no AutoresetMode."""
+    module = importlib.import_module(script)
+    module.check_versions()
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.3.1"))
+    with pytest.raises(RuntimeError, match=r"torch 2.3.1 is too old: this script needs torch >= 2.4"):
+        module.check_versions()
+    monkeypatch.delattr(gym.vector, "AutoresetMode")
+    monkeypatch.setattr(gym, "__version__", "1.0.0")
+    with pytest.raises(RuntimeError, match=r"gymnasium 1.0.0 is too old: this script needs gymnasium >= 1.1"):
+        module.check_versions()
+
+
+def test_too_old_gymnasium_stops_the_script_with_one_line(monkeypatch, tmp_path):
+    """The script's main block turns it into an `error:` exit before anything runs."""
+    monkeypatch.delattr(gym.vector, "AutoresetMode")
+    monkeypatch.setattr(gym, "__version__", "1.0.0")
+    with pytest.raises(SystemExit) as stop:
+        run_main(load_script("ppo_continuous"), TINY_RUN[1:], tmp_path)
+    assert str(stop.value.code).startswith("error: gymnasium 1.0.0 is too old"), stop.value.code
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_importing_a_script_leaves_the_environment_alone(script, monkeypatch):
+    """MUJOCO_GL (and pygame's SDL_VIDEODRIVER) are the running script's defaults, not the importing program's."""
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.delenv("SDL_VIDEODRIVER", raising=False)
+    load_script(script)
+    assert "MUJOCO_GL" not in os.environ and "SDL_VIDEODRIVER" not in os.environ
