@@ -11,8 +11,8 @@ the runs that did not finish.
 
 After the grid, or alone with `--aggregate-only`, every finished run under `{out}` is aggregated from
 its TensorBoard events into `summary.md` (Markdown tables headed by the command line), `summary.csv`
-(one row per env and variant, per-seed values included) and `{env_id}.png` (return against steps and
-against wall-clock seconds, mean ± std over seeds). CleanRL's PPO episodes, when `REFERENCE_CSV`
+(one row per env and variant, per-seed values included) and `{env_id}.png` (return against steps,
+mean ± std over seeds). CleanRL's PPO episodes, when `REFERENCE_CSV`
 exists, add a reference row and a reference curve.
 """
 
@@ -536,24 +536,22 @@ def draw(axes, curves: list[tuple[np.ndarray, np.ndarray]], label: str, color: s
 
 
 def plot_env(env_id: str, runs: dict[str, list[Run]], reference: list[Episodes], colors: dict, path: Path) -> None:
-    """{env_id}.png: return against environment steps and against wall-clock seconds, one color per variant."""
+    """{env_id}.png: return against environment steps, one color per variant. No wall-clock panel: the runs of a
+    grid share the machine with whatever else runs, so their times compare only when measured side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_steps, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, axes = plt.subplots(figsize=(7, 4.5))
     for variant, variant_runs in runs.items():
-        episodes = [r.episodes for r in variant_runs]
-        draw(by_steps, [(e.steps, e.returns) for e in episodes], variant, colors[variant])
-        draw(by_time, [(e.seconds, e.returns) for e in episodes], variant, colors[variant])
-    draw(by_steps, [(e.steps, e.returns) for e in reference], REFERENCE_NAME, "black", linestyle="--")
-    for axes, xlabel in ((by_steps, "environment steps"), (by_time, "wall-clock (s)")):
-        axes.set_xlabel(xlabel)
-        axes.set_ylabel(f"episodic return (mean of last {WINDOW})")
-        axes.grid(alpha=0.3)
-        axes.legend()
-    figure.suptitle(f"{env_id}: mean ± std over seeds")
+        draw(axes, [(r.episodes.steps, r.episodes.returns) for r in variant_runs], variant, colors[variant])
+    draw(axes, [(e.steps, e.returns) for e in reference], REFERENCE_NAME, "black", linestyle="--")
+    axes.set_xlabel("environment steps")
+    axes.set_ylabel(f"episodic return (mean of last {WINDOW})")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    axes.set_title(f"{env_id}: mean ± std over seeds")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
