@@ -12,8 +12,6 @@ from typing import NamedTuple
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from benchmark.in_process import load_script, run_main  # noqa: F401 (for the tests)
-
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT_TIMEOUT = 600  # seconds; a hung run (e.g. wandb waiting on a network) fails instead of blocking
 CLEANRL_TAGS = [

@@ -15,7 +15,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from scripts import load_script, read_scalars, run_main
+from scripts import read_scalars
+
+from benchmark.in_process import load_script, run_main
 
 SCRIPTS = ["blpo_discrete", "blpo_continuous"]
 NUM_STEPS, NUM_ENVS, OBS_DIM, NUM_ACTIONS = 12, 2, 3, 2
