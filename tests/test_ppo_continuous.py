@@ -17,17 +17,16 @@ from scripts import (
     CLEANRL_TAGS,
     assert_fails_with_one_error_line,
     finish_script,
-    load_script,
     only_run_dir,
     read_scalars,
     record_calls,
-    run_main,
     run_scripts,
     start_script,
     wait_for_text,
 )
 
 import ppo_continuous
+from benchmark.in_process import load_script, run_main
 
 # Two iterations of 256 steps on one Hopper env: episodes end, the whole run takes seconds.
 TINY_RUN = ["ppo_continuous.py", "--env-id", "Hopper-v4", "--total-timesteps", "512", "--num-steps", "256"]
