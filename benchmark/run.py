@@ -45,6 +45,8 @@ WINDOW = 20
 """episodes in the running mean behind steps-to-threshold and the learning curves"""
 GRID_POINTS = 100
 """points of the common grid the seeds' learning curves are interpolated onto"""
+ENTROPY = "losses/entropy"
+"""the policy entropy, reported by its last value: whether the policy collapsed by the end"""
 FALLBACKS = "hypergrad/nonfinite_fallbacks"
 """a counter: reported by its final value, summed over seeds, instead of its mean"""
 
@@ -265,10 +267,12 @@ class Episodes:
 
 @dataclass
 class Run:
-    """A finished run: its record.json, its episodes and the whole-run value of each `hypergrad/*` scalar."""
+    """A finished run: its record.json, its episodes, its last policy entropy and the whole-run value of each
+    `hypergrad/*` scalar."""
 
     record: dict
     episodes: Episodes
+    final_entropy: float
     diagnostics: dict[str, float]
 
 
@@ -286,6 +290,8 @@ class Row:
     """per seed, the step where the running mean first reached the threshold (NaN if never, or no threshold)"""
     wall_clock_s: float = math.nan
     sps: float = math.nan
+    final_entropies: list[float] = field(default_factory=list)
+    """per seed, the last logged policy entropy (empty for the reference)"""
     diagnostics: dict[str, float] = field(default_factory=dict)
 
 
@@ -322,7 +328,8 @@ def load_run(record_path: Path) -> Run:
         for tag, events in scalars.items()
         if tag.startswith("hypergrad/")
     }
-    return Run(record, episodes, diagnostics)
+    final_entropy = scalars[ENTROPY][-1].value if ENTROPY in scalars else math.nan
+    return Run(record, episodes, final_entropy, diagnostics)
 
 
 def load_reference(path: Path) -> dict[str, list[Episodes]]:
@@ -381,6 +388,7 @@ def variant_row(env_id: str, variant: str, runs: list[Run], threshold: float | N
         **seed_stats([r.episodes for r in runs], totals, threshold),
         wall_clock_s=float(np.mean([r.record["wall_clock_s"] for r in runs])),
         sps=float(np.mean([r.record["sps"] for r in runs])),
+        final_entropies=[r.final_entropy for r in runs],
         diagnostics={
             tag: (np.sum if tag == FALLBACKS else np.mean)([r.diagnostics.get(tag, math.nan) for r in runs])
             for tag in tags
@@ -418,6 +426,12 @@ def return_cell(row: Row) -> str:
     return f"{number(values.mean())} ± {number(values.std())} ({per_seed})"
 
 
+def entropy_cell(row: Row) -> str:
+    """The final policy entropy, mean ± population std over seeds; "n/a" without one."""
+    values = np.array(row.final_entropies or [math.nan])
+    return f"{number(values.mean())} ± {number(values.std())}" if np.isfinite(values).all() else "n/a"
+
+
 def threshold_cell(row: Row) -> str:
     """Mean steps over the seeds that reached the threshold, and how many did, e.g. "212k (3/3)"."""
     reached = [s for s in row.threshold_steps if math.isfinite(s)]
@@ -440,6 +454,7 @@ def table_legend(threshold: float | None) -> str:
             f"Steps to {threshold:g}: first step where the mean of the last {WINDOW} episodes reached it,",
             "mean over the seeds that did (how many did).",
         ]
+    legend += ["Final entropy: the policy entropy logged last, mean ± std over seeds."]
     return " ".join(legend + ["Wall-clock and SPS: whole run, mean over seeds."])
 
 
@@ -447,12 +462,12 @@ def results_table(rows: list[Row], threshold: float | None) -> str:
     """The Markdown table of returns, steps to threshold (when given), wall-clock and SPS."""
     header = ["env", "variant", "steps", "seeds", "last-10% return"]
     header += [f"steps to {threshold:g}"] if threshold is not None else []
-    header += ["wall-clock (s)", "SPS"]
+    header += ["final entropy", "wall-clock (s)", "SPS"]
     lines = []
     for row in rows:
         cells = [row.env_id, row.variant, f"{row.total_timesteps:,}", ", ".join(map(str, row.seeds)), return_cell(row)]
         cells += [threshold_cell(row)] if threshold is not None else []
-        lines.append(cells + [number(row.wall_clock_s, ".0f"), number(row.sps, ".0f")])
+        lines.append(cells + [entropy_cell(row), number(row.wall_clock_s, ".0f"), number(row.sps, ".0f")])
     return markdown_table(header, lines)
 
 
@@ -497,6 +512,9 @@ def csv_record(row: Row, threshold: float | None) -> dict:
         "threshold_reached": len(reached) if threshold is not None else math.nan,
         "steps_to_threshold_mean": np.mean(reached) if reached else math.nan,
         **{f"steps_to_threshold_seed{s}": v for s, v in zip(row.seeds, row.threshold_steps)},
+        "final_entropy_mean": np.mean(row.final_entropies) if row.final_entropies else math.nan,
+        "final_entropy_std": np.std(row.final_entropies) if row.final_entropies else math.nan,
+        **{f"final_entropy_seed{s}": v for s, v in zip(row.seeds, row.final_entropies)},
         "wall_clock_s": row.wall_clock_s,
         "sps": row.sps,
         **row.diagnostics,

@@ -140,6 +140,7 @@ def hand_written_runs(tmp_path):
         [(100 + 30 * i, r) for i, r in enumerate(blpo_returns, start=1)],
         hypergrad__correction_ratio=[(100, 1.0), (200, 2.0), (300, 3.0)],
         hypergrad__nonfinite_fallbacks=[(100, 0.0), (200, 1.0), (300, 2.0)],
+        losses__entropy=[(100, 1.5), (300, 0.5), (200, 9.0)],
     )
     write_run(
         tmp_path,
@@ -148,6 +149,7 @@ def hand_written_runs(tmp_path):
         [(500, 0.0), (1000, 40.0)],
         hypergrad__correction_ratio=[(100, 4.0), (200, 6.0)],
         hypergrad__nonfinite_fallbacks=[(100, 0.0), (200, 3.0)],
+        losses__entropy=[(100, 2.0), (200, -1.5)],
     )
     return tmp_path
 
@@ -187,11 +189,16 @@ def test_aggregation_of_known_events(hand_written_runs, monkeypatch, with_refere
     assert float(blpo["hypergrad/correction_ratio"]) == (2 + 5) / 2
     assert float(blpo["hypergrad/nonfinite_fallbacks"]) == 2 + 3
     assert ppo["hypergrad/correction_ratio"] == ""
+    # final entropy: the value at the last step (written out of order for seed 1), not the mean or the last written
+    assert (float(blpo["final_entropy_seed1"]), float(blpo["final_entropy_seed2"])) == (0.5, -1.5)
+    assert (float(blpo["final_entropy_mean"]), float(blpo["final_entropy_std"])) == (-0.5, 1.0)
+    assert ppo["final_entropy_mean"] == ""
 
     summary = (out / "summary.md").read_text()
     assert summary.startswith(f"```sh\n{command}\n```\n")
-    assert "| CartPole-v1 | ppo | 1,000 | 1, 2 | 69.17 ± 25.83 (95.00, 43.33) | 770 (2/2) | 150 | 8 |" in summary
-    assert "| CartPole-v1 | blpo | 1,000 | 1, 2 | 70.00 ± 30.00 (100.00, 40.00) | 880 (1/2) | 150 | 8 |" in summary
+    assert "| CartPole-v1 | ppo | 1,000 | 1, 2 | 69.17 ± 25.83 (95.00, 43.33) | 770 (2/2) | n/a | 150 | 8 |" in summary
+    blpo_row = "| CartPole-v1 | blpo | 1,000 | 1, 2 | 70.00 ± 30.00 (100.00, 40.00) | 880 (1/2) | -0.50 ± 1.00 |"
+    assert blpo_row in summary
     assert "| env | variant | correction_ratio | nonfinite_fallbacks |\n| --- | --- | --- | --- |\n" in summary
     assert "| CartPole-v1 | blpo | 3.5 | 5 |" in summary
     if with_reference:
