@@ -332,6 +332,18 @@ def test_ihvp_check_reports_the_solvers_error(blpo):
     assert "ihvp_error" not in stats.pop_means()  # one update, checked only every second
 
 
+def test_ihvp_check_leaves_the_update_alone(blpo):
+    """The exact solve of --ihvp-check-every is a diagnostic: the parameters after the update are the same bits."""
+    updated = []
+    for every in (0, 1):
+        agent, batch = make_problem(blpo)
+        script_update(blpo, agent, batch, update_args(blpo, ihvp="cg", ihvp_rank=2, ihvp_check_every=every))
+        updated.append([p.detach().clone() for p in agent.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*updated))
+    initial = make_problem(blpo)[0].parameters()
+    assert not all(torch.equal(a, b) for a, b in zip(updated[0], initial))  # and the update did move them
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Whole runs, in-process: what the main loop decides
 # ---------------------------------------------------------------------------------------------------------------
