@@ -1,0 +1,20 @@
+"""benchmark/correction_split.py: one row per actor tensor, in the order g and c are flattened in."""
+
+import math
+import re
+
+from benchmark import correction_split
+
+SMALL = ["--num-steps", "64", "--num-minibatches", "2", "--update-epochs", "1"]
+
+
+def test_split_reports_every_actor_tensor(capsys):
+    correction_split.main(correction_split.Args(env_id="Hopper-v4", iterations=1, flags=SMALL))
+    out = capsys.readouterr().out
+    assert "Hopper-v4, seed 1, 64 updates" in out  # 2,048 steps of 64-step rollouts, 2 minibatches each
+    rows = re.findall(r"^(\S+)\s+(\S+)\s+(\S+)$", out, re.MULTILINE)  # the header has more columns
+    names = [name for name, _, _ in rows]
+    layers = [f"actor_mean.{i}.{kind}" for i in (0, 2, 4) for kind in ("weight", "bias")]
+    assert names == ["(all)", *layers, "actor_logstd"]
+    for _, ratio, drift in rows:
+        assert math.isfinite(float(ratio)) and float(ratio) > 0 and math.isfinite(float(drift))
