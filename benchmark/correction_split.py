@@ -32,28 +32,31 @@ class Args:
 
 def main(args: Args) -> None:
     blpo = load_script("blpo_continuous")
-    recorded, bounded = [], blpo.bounded_hypergradient
+    bounded = blpo.bounded_hypergradient
+    sums = {"g": 0.0, "c": 0.0}  # running sums of g and c
+    ratios = []  # per update, ||c|| / ||g|| of each actor tensor and of the whole actor
 
     def recording(g, c, bound):
-        recorded.append(torch.stack([g, c]).detach().clone())
+        sizes = [p.numel() for p in blpo.agent.actor_parameters()]
+        sums["g"], sums["c"] = sums["g"] + g.detach(), sums["c"] + c.detach()
+        parts = zip(g.detach().split(sizes), c.detach().split(sizes))
+        ratios.append([c.norm() / g.norm()] + [cp.norm() / gp.norm().clamp_min(1e-12) for gp, cp in parts])
         return bounded(g, c, bound)
 
     blpo.bounded_hypergradient = recording
     argv = ["--env-id", args.env_id, "--seed", str(args.seed), "--total-timesteps", str(2048 * args.iterations)]
     with tempfile.TemporaryDirectory() as cwd:
         run_main(blpo, argv + args.flags, Path(cwd))
-    g, c = torch.stack(recorded).unbind(1)
     # the trained agent is in the script's namespace; its actor parameters in the order g and c are flattened in
     names = {id(p): name for name, p in blpo.agent.named_parameters()}
     actor = blpo.agent.actor_parameters()
-    names, sizes = [names[id(p)] for p in actor], [p.numel() for p in actor]
-    print(f"{args.env_id}, seed {args.seed}, {len(g)} updates, flags {args.flags}")
+    names, sizes = ["(all)"] + [names[id(p)] for p in actor], [p.numel() for p in actor]
+    mean_ratios = torch.tensor(ratios).mean(0)
+    g_parts, c_parts = [sums["g"]] + list(sums["g"].split(sizes)), [sums["c"]] + list(sums["c"].split(sizes))
+    print(f"{args.env_id}, seed {args.seed}, {len(ratios)} updates, flags {args.flags}")
     print(f"{'parameters':22s} {'mean |c|/|g|':>13s} {'|mean c|/|mean g|':>18s}")
-    print(f"{'(all)':22s} {(c.norm(dim=1) / g.norm(dim=1)).mean():13.4g} {c.mean(0).norm() / g.mean(0).norm():18.4g}")
-    for name, g_part, c_part in zip(names, g.split(sizes, dim=1), c.split(sizes, dim=1)):
-        ratio = (c_part.norm(dim=1) / g_part.norm(dim=1).clamp_min(1e-12)).mean()
-        drift = c_part.mean(0).norm() / g_part.mean(0).norm().clamp_min(1e-12)
-        print(f"{name:22s} {ratio:13.4g} {drift:18.4g}")
+    for name, ratio, g_sum, c_sum in zip(names, mean_ratios, g_parts, c_parts):
+        print(f"{name:22s} {ratio:13.4g} {c_sum.norm() / g_sum.norm().clamp_min(1e-12):18.4g}")
 
 
 if __name__ == "__main__":
