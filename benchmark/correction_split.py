@@ -1,6 +1,7 @@
 """Where BLPO's correction c falls among the actor's parameters, against the direct gradient g, over a short run.
 
     OMP_NUM_THREADS=1 python -m benchmark.correction_split --env-id Hopper-v4 --iterations 30
+    OMP_NUM_THREADS=1 python -m benchmark.correction_split --iterations 250 --skip-iterations 200   # 410k-512k steps
 
 Runs `blpo_continuous.py` in this process at its defaults (plus any `--flags` given), records g and c of every
 update, and prints one line per actor parameter tensor: the mean of ||c|| / ||g|| over the updates, and the
@@ -24,6 +25,8 @@ class Args:
     """the MuJoCo task"""
     iterations: int = 30
     """rollouts of 2,048 steps to run"""
+    skip_iterations: int = 0
+    """leave the updates of the first this many rollouts out of the statistics (to look at a later phase)"""
     seed: int = 1
     """the run's seed"""
     flags: list[str] = field(default_factory=list)
@@ -37,6 +40,8 @@ def main(args: Args) -> None:
     ratios = []  # per update, ||c|| / ||g|| of each actor tensor and of the whole actor
 
     def recording(g, c, bound):
+        if blpo.iteration <= args.skip_iterations:  # the main loop's counter, 1 for the first rollout
+            return bounded(g, c, bound)
         sizes = [p.numel() for p in blpo.agent.actor_parameters()]
         sums["g"], sums["c"] = sums["g"] + g.detach(), sums["c"] + c.detach()
         parts = zip(g.detach().split(sizes), c.detach().split(sizes))
@@ -53,7 +58,8 @@ def main(args: Args) -> None:
     names, sizes = ["(all)"] + [names[id(p)] for p in actor], [p.numel() for p in actor]
     mean_ratios = torch.tensor(ratios).mean(0)
     g_parts, c_parts = [sums["g"]] + list(sums["g"].split(sizes)), [sums["c"]] + list(sums["c"].split(sizes))
-    print(f"{args.env_id}, seed {args.seed}, {len(ratios)} updates, flags {args.flags}")
+    after = f"{len(ratios)} updates after rollout {args.skip_iterations}"
+    print(f"{args.env_id}, seed {args.seed}, {after}, flags {args.flags}")
     print(f"{'parameters':22s} {'mean |c|/|g|':>13s} {'|mean c|/|mean g|':>18s}")
     for name, ratio, g_sum, c_sum in zip(names, mean_ratios, g_parts, c_parts):
         print(f"{name:22s} {ratio:13.4g} {c_sum.norm() / g_sum.norm().clamp_min(1e-12):18.4g}")

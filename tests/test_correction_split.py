@@ -9,9 +9,10 @@ SMALL = ["--num-steps", "64", "--num-minibatches", "2", "--update-epochs", "1"]
 
 
 def test_split_reports_every_actor_tensor(capsys):
-    correction_split.main(correction_split.Args(env_id="Hopper-v4", iterations=1, flags=SMALL))
+    correction_split.main(correction_split.Args(env_id="Hopper-v4", iterations=1, skip_iterations=20, flags=SMALL))
     out = capsys.readouterr().out
-    assert "Hopper-v4, seed 1, 64 updates" in out  # 2,048 steps of 64-step rollouts, 2 minibatches each
+    # 2,048 steps of 64-step rollouts (32), 2 minibatches each; the first 20 rollouts' updates left out
+    assert "Hopper-v4, seed 1, 24 updates after rollout 20" in out
     rows = re.findall(r"^(\S+)\s+(\S+)\s+(\S+)$", out, re.MULTILINE)  # the header has more columns
     names = [name for name, _, _ in rows]
     layers = [f"actor_mean.{i}.{kind}" for i in (0, 2, 4) for kind in ("weight", "bias")]
