@@ -3,6 +3,8 @@
 import math
 import re
 
+import torch
+
 from benchmark import correction_split
 
 SMALL = ["--num-steps", "64", "--num-minibatches", "2", "--update-epochs", "1"]
@@ -19,3 +21,9 @@ def test_split_reports_every_actor_tensor(capsys):
     assert names == ["(all)", *layers, "actor_logstd"]
     for _, ratio, drift in rows:
         assert math.isfinite(float(ratio)) and float(ratio) > 0 and math.isfinite(float(drift))
+
+
+def test_norms_of_the_whole_and_its_parts():
+    vector = torch.tensor([3.0, 4.0, 0.0, 5.0, 12.0])
+    expected = torch.tensor([(9 + 16 + 25 + 144) ** 0.5, 5.0, 13.0])
+    torch.testing.assert_close(correction_split.norms(vector, [2, 3]), expected)
