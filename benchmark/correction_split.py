@@ -46,12 +46,11 @@ def main(args: Args) -> None:
     sizes = []  # the actor tensors' sizes, in the order g and c are flattened in; read at the first update
 
     def recording(g, c, bound):
-        if blpo.iteration <= args.skip_iterations:  # the main loop's counter, 1 for the first rollout
-            return bounded(g, c, bound)
-        sizes[:] = sizes or [p.numel() for p in blpo.agent.actor_parameters()]
-        g_, c_ = g.detach(), c.detach()
-        sums["g"], sums["c"] = sums["g"] + g_, sums["c"] + c_
-        ratios.append(norms(c_, sizes) / norms(g_, sizes).clamp_min(1e-12))
+        if blpo.iteration > args.skip_iterations:  # the main loop's counter, 1 for the first rollout
+            sizes[:] = sizes or [p.numel() for p in blpo.agent.actor_parameters()]
+            g_, c_ = g.detach(), c.detach()
+            sums["g"], sums["c"] = sums["g"] + g_, sums["c"] + c_
+            ratios.append(norms(c_, sizes) / norms(g_, sizes).clamp_min(1e-12))
         return bounded(g, c, bound)
 
     blpo.bounded_hypergradient = recording
