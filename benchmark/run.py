@@ -49,6 +49,8 @@ ENTROPY = "losses/entropy"
 """the policy entropy, reported by its last value: whether the policy collapsed by the end"""
 FALLBACKS = "hypergrad/nonfinite_fallbacks"
 """a counter: reported by its final value, summed over seeds, instead of its mean"""
+EXTREMES = {"hypergrad/correction_ratio": max, "hypergrad/ihvp_error": max, "hypergrad/ihvp_cos": min}
+"""diagnostics whose extreme logged value, over the run and over seeds, is reported beside their mean"""
 
 
 @dataclass
@@ -267,13 +269,14 @@ class Episodes:
 
 @dataclass
 class Run:
-    """A finished run: its record.json, its episodes, its last policy entropy and the whole-run value of each
-    `hypergrad/*` scalar."""
+    """A finished run: its record.json, its episodes, its last policy entropy, the whole-run value of each
+    `hypergrad/*` scalar and the extreme logged value of each scalar in EXTREMES."""
 
     record: dict
     episodes: Episodes
     final_entropy: float
     diagnostics: dict[str, float]
+    extremes: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -293,6 +296,8 @@ class Row:
     final_entropies: list[float] = field(default_factory=list)
     """per seed, the last logged policy entropy (empty for the reference)"""
     diagnostics: dict[str, float] = field(default_factory=dict)
+    extremes: dict[str, float] = field(default_factory=dict)
+    """per EXTREMES tag, its extreme logged value over every seed"""
 
 
 def load_scalars(directory: Path) -> tuple[dict[str, list], float]:
@@ -328,8 +333,9 @@ def load_run(record_path: Path) -> Run:
         for tag, events in scalars.items()
         if tag.startswith("hypergrad/")
     }
+    extremes = {tag: pick(e.value for e in scalars[tag]) for tag, pick in EXTREMES.items() if tag in scalars}
     final_entropy = scalars[ENTROPY][-1].value if ENTROPY in scalars else math.nan
-    return Run(record, episodes, final_entropy, diagnostics)
+    return Run(record, episodes, final_entropy, diagnostics, extremes)
 
 
 def load_reference(path: Path) -> dict[str, list[Episodes]]:
@@ -392,6 +398,11 @@ def variant_row(env_id: str, variant: str, runs: list[Run], threshold: float | N
         diagnostics={
             tag: (np.sum if tag == FALLBACKS else np.mean)([r.diagnostics.get(tag, math.nan) for r in runs])
             for tag in tags
+        },
+        extremes={
+            tag: pick(r.extremes[tag] for r in runs if tag in r.extremes)
+            for tag, pick in EXTREMES.items()
+            if tag in tags
         },
     )
 
@@ -472,12 +483,16 @@ def results_table(rows: list[Row], threshold: float | None) -> str:
 
 
 def diagnostics_table(rows: list[Row]) -> str:
-    """The Markdown table of the `hypergrad/*` scalars of the rows that have them, one column per scalar."""
+    """The Markdown table of the `hypergrad/*` scalars of the rows that have them, one column per scalar,
+    then one column per EXTREMES scalar with its extreme value."""
     tags = sorted({tag for row in rows for tag in row.diagnostics})
+    extreme_tags = [tag for tag in EXTREMES if any(tag in row.extremes for row in rows)]
     header = ["env", "variant"] + [tag.removeprefix("hypergrad/") for tag in tags]
+    header += [f"{EXTREMES[tag].__name__} {tag.removeprefix('hypergrad/')}" for tag in extreme_tags]
     lines = [
         [row.env_id, row.variant]
         + [number(row.diagnostics.get(tag, math.nan), ".0f" if tag == FALLBACKS else ".4g") for tag in tags]
+        + [number(row.extremes.get(tag, math.nan), ".4g") for tag in extreme_tags]
         for row in rows
     ]
     return markdown_table(header, lines)
@@ -490,7 +505,8 @@ def summary_markdown(rows: list[Row], threshold: float | None, command: str) -> 
     if diagnosed:
         text += [
             "Hypergradient diagnostics: mean over the whole run and over seeds; "
-            "nonfinite_fallbacks is the final count, summed over seeds.",
+            "nonfinite_fallbacks is the final count, summed over seeds; "
+            "the max and min columns are the extreme value logged in any run.",
             diagnostics_table(diagnosed),
         ]
     return "\n\n".join(text) + "\n"
@@ -518,6 +534,7 @@ def csv_record(row: Row, threshold: float | None) -> dict:
         "wall_clock_s": row.wall_clock_s,
         "sps": row.sps,
         **row.diagnostics,
+        **{f"{tag}_{EXTREMES[tag].__name__}": value for tag, value in row.extremes.items()},
     }
     return {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in fields.items()}
 

@@ -140,6 +140,8 @@ def hand_written_runs(tmp_path):
         [(100 + 30 * i, r) for i, r in enumerate(blpo_returns, start=1)],
         hypergrad__correction_ratio=[(100, 1.0), (200, 2.0), (300, 3.0)],
         hypergrad__nonfinite_fallbacks=[(100, 0.0), (200, 1.0), (300, 2.0)],
+        hypergrad__ihvp_error=[(100, 0.5), (300, 7.0)],
+        hypergrad__ihvp_cos=[(100, 0.25), (300, -0.5)],
         losses__entropy=[(100, 1.5), (300, 0.5), (200, 9.0)],
     )
     write_run(
@@ -149,6 +151,8 @@ def hand_written_runs(tmp_path):
         [(500, 0.0), (1000, 40.0)],
         hypergrad__correction_ratio=[(100, 4.0), (200, 6.0)],
         hypergrad__nonfinite_fallbacks=[(100, 0.0), (200, 3.0)],
+        hypergrad__ihvp_error=[(100, 1.5)],
+        hypergrad__ihvp_cos=[(100, 1.0)],
         losses__entropy=[(100, 2.0), (200, -1.5)],
     )
     return tmp_path
@@ -189,6 +193,10 @@ def test_aggregation_of_known_events(hand_written_runs, monkeypatch, with_refere
     assert float(blpo["hypergrad/correction_ratio"]) == (2 + 5) / 2
     assert float(blpo["hypergrad/nonfinite_fallbacks"]) == 2 + 3
     assert ppo["hypergrad/correction_ratio"] == ""
+    # extremes: the largest ratio and error and the smallest cosine logged in any run, beside the means
+    assert float(blpo["hypergrad/correction_ratio_max"]) == 6
+    assert (float(blpo["hypergrad/ihvp_error"]), float(blpo["hypergrad/ihvp_error_max"])) == ((3.75 + 1.5) / 2, 7)
+    assert (float(blpo["hypergrad/ihvp_cos"]), float(blpo["hypergrad/ihvp_cos_min"])) == ((-0.125 + 1) / 2, -0.5)
     # final entropy: the value at the last step (written out of order for seed 1), not the mean or the last written
     assert (float(blpo["final_entropy_seed1"]), float(blpo["final_entropy_seed2"])) == (0.5, -1.5)
     assert (float(blpo["final_entropy_mean"]), float(blpo["final_entropy_std"])) == (-0.5, 1.0)
@@ -199,8 +207,9 @@ def test_aggregation_of_known_events(hand_written_runs, monkeypatch, with_refere
     assert "| CartPole-v1 | ppo | 1,000 | 1, 2 | 69.17 ± 25.83 (95.00, 43.33) | 770 (2/2) | n/a | 150 | 8 |" in summary
     blpo_row = "| CartPole-v1 | blpo | 1,000 | 1, 2 | 70.00 ± 30.00 (100.00, 40.00) | 880 (1/2) | -0.50 ± 1.00 |"
     assert blpo_row in summary
-    assert "| env | variant | correction_ratio | nonfinite_fallbacks |\n| --- | --- | --- | --- |\n" in summary
-    assert "| CartPole-v1 | blpo | 3.5 | 5 |" in summary
+    header = "| env | variant | correction_ratio | ihvp_cos | ihvp_error | nonfinite_fallbacks | max correction_ratio"
+    assert header + " | max ihvp_error | min ihvp_cos |\n" in summary
+    assert "| CartPole-v1 | blpo | 3.5 | 0.4375 | 2.625 | 5 | 6 | 7 | -0.5 |" in summary
     if with_reference:
         row = f"| CartPole-v1 | {run.REFERENCE_NAME} | 1,000 | 1, 2 | 175.00 ± 75.00 (250.00, 100.00) | 974 (2/2) |"
         assert row in summary
