@@ -402,7 +402,7 @@ def variant_row(env_id: str, variant: str, runs: list[Run], threshold: float | N
         extremes={
             tag: pick(r.extremes[tag] for r in runs if tag in r.extremes)
             for tag, pick in EXTREMES.items()
-            if tag in tags
+            if any(tag in r.extremes for r in runs)
         },
     )
 

@@ -1,4 +1,4 @@
-"""benchmark/ihvp_table.py: the solvers are probed on the run's own minibatches against the exact solve."""
+"""benchmark/ihvp_table.py: at each probe of a training run, every solver against the exact solve of the same system."""
 
 import csv
 
