@@ -103,6 +103,9 @@ class Args:
     """rho: regularizer of the inverse Hessian"""
     hypergrad_bound: float = 1.4
     """beta: the correction's norm is capped at beta times the direct gradient's"""
+    correction: Literal["bounded", "fixed", "random"] = "bounded"
+    """the correction applied: c capped at beta ||g|| (the paper's), c rescaled to exactly beta ||g||, or the control:
+    a random direction from the seeded generator, fresh on every update, rescaled to exactly beta ||g||"""
     flip_mixed_sign: bool = False
     """use the authors' code's sign for the mixed term, h = g + c, to compare against the derivation's"""
     ihvp_check_every: int = 0
@@ -144,6 +147,8 @@ def check_args(args: Args) -> None:
         fail(f"--ihvp-rho must be positive, got {args.ihvp_rho}")
     if not args.hypergrad_bound >= 0:
         fail(f"--hypergrad-bound must be non-negative, got {args.hypergrad_bound}")
+    if args.correction != "bounded" and math.isinf(args.hypergrad_bound):
+        fail(f"--correction {args.correction} rescales c to beta ||g||: give a finite --hypergrad-bound")
     if args.ihvp_check_every < 0:
         fail(f"--ihvp-check-every must be 0 (off) or positive, got {args.ihvp_check_every}")
     args.batch_size = args.num_envs * args.num_steps
@@ -533,15 +538,22 @@ def correction(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params):
     return mixed_term(ratio, mb_returns - values, u, actor_params)
 
 
-def bounded_hypergradient(g, c, bound):
-    """h = g - c with c rescaled to norm at most bound * ||g||; a non-finite c falls back to h = g.
-    Returns (h, bound_active, fell_back)."""
+def random_direction(c, generator):
+    """The random control's stand-in for c: a Gaussian vector from `generator`, fresh on every call, whose norm the
+    caller sets; a non-finite c is kept, so that the update falls back as c's would."""
+    direction = torch.randn(c.shape, generator=generator).to(c.device)
+    return direction if torch.isfinite(c).all() else c
+
+
+def bounded_hypergradient(g, c, bound, fixed=False):
+    """h = g - c with c rescaled to norm at most bound * ||g||, or to exactly bound * ||g|| if `fixed`; a non-finite c
+    falls back to h = g. Returns (h, scale), scale the factor c was multiplied by (NaN on the fallback)."""
     if not torch.isfinite(c).all():
-        return g, False, True
+        return g, math.nan
     c_norm, limit = c.norm(), bound * g.norm()
-    if c_norm > limit:
-        return g - c * (limit / c_norm), True, False
-    return g - c, False, False
+    if (fixed and c_norm > 0) or c_norm > limit:
+        return g - c * (limit / c_norm), (limit / c_norm).item()
+    return g - c, 1.0
 
 
 def flat(tensors):
@@ -561,19 +573,25 @@ def cosine(a, b):
 
 class HypergradStats:
     """Means of the hypergradient diagnostics since the last `pop_means`, the run's count of updates and of
-    non-finite fallbacks."""
+    non-finite fallbacks, and the run's sums of g, of the applied correction g - h and of its squares."""
 
     def __init__(self):
         self.updates = self.fallbacks = 0
         self.sums, self.counts = {}, {}
+        self.sum_g = self.sum_applied = self.sum_applied_sq = 0.0
 
     def _add(self, name, value):
         self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def add(self, g, c, bound_active, fell_back):
+    def add(self, g, c, h, scale):
+        """One update: direct gradient g, correction c (before its size rule), hypergradient h, and the factor
+        the size rule multiplied the applied direction by (NaN: c was not finite, h = g)."""
         self.updates += 1
-        if fell_back:
+        applied = (g - h).detach()
+        self.sum_g, self.sum_applied = self.sum_g + g, self.sum_applied + applied
+        self.sum_applied_sq = self.sum_applied_sq + applied**2
+        if math.isnan(scale):
             self.fallbacks += 1
             return
         g_norm, c_norm = g.norm().item(), c.norm().item()
@@ -581,7 +599,9 @@ class HypergradStats:
         self._add("correction_norm", c_norm)
         self._add("correction_ratio", c_norm / max(g_norm, 1e-12))
         self._add("cos_correction_direct", cosine(c, g))
-        self._add("bound_active_frac", float(bound_active))
+        self._add("cos_applied_correction", cosine(applied, c))
+        self._add("bound_active_frac", float(scale < 1))
+        self._add("enlarged_frac", float(scale > 1))
 
     def add_check(self, c, c_exact):
         """The correction c against the one from the exact IHVP: ||c - c*|| / ||c*|| and cos(c, c*)."""
@@ -592,6 +612,20 @@ class HypergradStats:
         means = {name: total / self.counts[name] for name, total in self.sums.items()}
         self.sums, self.counts = {}, {}
         return means
+
+    def push(self, tensors):
+        """Whether the applied correction d = g - h pushes each actor tensor one way over the run so far, for
+        `tensors` [(name, size)] in the order g is flattened in: ||sum d|| / ||sum g|| (its share of g's cumulative
+        move), cos(sum d, sum g), and the coherence ||sum d|| / sqrt(sum ||d||^2) (about 1 for noise, a random walk;
+        sqrt(updates) for a constant push)."""
+        sizes = [size for _, size in tensors]
+        parts = zip(*(t.split(sizes) for t in (self.sum_applied, self.sum_g, self.sum_applied_sq)))
+        push = {}
+        for (name, _), (d, g, d_sq) in zip(tensors, parts):
+            push[f"{name}/ratio"] = (d.norm() / max(g.norm(), 1e-12)).item()
+            push[f"{name}/cos_direct"] = cosine(d, g)
+            push[f"{name}/coherence"] = (d.norm() / max(d_sq.sum().sqrt(), 1e-12)).item()
+        return push
 
 
 class Losses(NamedTuple):
@@ -675,9 +709,10 @@ def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generato
         c = correction(solve_ihvp(hvp, v, args, generator), *mixed)
         if args.flip_mixed_sign:
             c = -c
-        h, bound_active, fell_back = bounded_hypergradient(g, c, args.hypergrad_bound)
-        stats.add(g, c, bound_active, fell_back)
-        if args.ihvp_check_every and stats.updates % args.ihvp_check_every == 0 and not fell_back:
+        applied = random_direction(c, generator) if args.correction == "random" else c
+        h, scale = bounded_hypergradient(g, applied, args.hypergrad_bound, fixed=args.correction != "bounded")
+        stats.add(g, c, h, scale)
+        if args.ihvp_check_every and stats.updates % args.ihvp_check_every == 0 and not math.isnan(scale):
             c_exact = correction(exact_ihvp(hvp, v, args.ihvp_rho), *mixed)
             stats.add_check(c, -c_exact if args.flip_mixed_sign else c_exact)
         set_grads(actor_params, h)
@@ -822,7 +857,9 @@ if __name__ == "__main__":
     num_critic_params = sum(p.numel() for p in agent.critic.parameters())
     if args.ihvp_rank > num_critic_params:
         fail(f"--ihvp-rank {args.ihvp_rank} exceeds the critic's {num_critic_params} parameters; pick a smaller rank")
-    generator = torch.Generator().manual_seed(args.seed)  # the IHVP's sketches, fresh on every call
+    generator = torch.Generator().manual_seed(args.seed)  # the IHVP's sketches and random directions, fresh per call
+    names = {id(p): name for name, p in agent.named_parameters()}
+    actor_tensors = [(names[id(p)], p.numel()) for p in agent.actor_parameters()]
 
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
@@ -936,6 +973,8 @@ if __name__ == "__main__":
                 for name, value in stats.pop_means().items():
                     writer.add_scalar(f"hypergrad/{name}", value, global_step)
                 writer.add_scalar("hypergrad/nonfinite_fallbacks", stats.fallbacks, global_step)
+                for name, value in stats.push(actor_tensors).items():
+                    writer.add_scalar(f"hypergrad/push/{name}", value, global_step)
             progress.update(args.batch_size)
             progress.set_postfix(
                 SPS=sps, ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-", refresh=False

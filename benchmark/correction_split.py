@@ -45,13 +45,13 @@ def main(args: Args) -> None:
     ratios = []  # per update, ||c|| / ||g|| of the whole actor and of each of its tensors
     sizes = []  # the actor tensors' sizes, in the order g and c are flattened in; read at the first update
 
-    def recording(g, c, bound):
+    def recording(g, c, bound, fixed=False):
         if blpo.iteration > args.skip_iterations:  # the main loop's counter, 1 for the first rollout
             sizes[:] = sizes or [p.numel() for p in blpo.agent.actor_parameters()]
             g_, c_ = g.detach(), c.detach()
             sums["g"], sums["c"] = sums["g"] + g_, sums["c"] + c_
             ratios.append(norms(c_, sizes) / norms(g_, sizes).clamp_min(1e-12))
-        return bounded(g, c, bound)
+        return bounded(g, c, bound, fixed)
 
     blpo.bounded_hypergradient = recording
     argv = ["--env-id", args.env_id, "--seed", str(args.seed), "--total-timesteps", str(2048 * args.iterations)]

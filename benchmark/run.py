@@ -14,6 +14,11 @@ its TensorBoard events into `summary.md` (Markdown tables headed by the command 
 (one row per env and variant, per-seed values included) and `{env_id}.png` (return against steps,
 mean ± std over seeds). CleanRL's PPO episodes, when `REFERENCE_CSV`
 exists, add a reference row and a reference curve.
+
+Interval estimates come from rliable's stratified bootstrap: each row's interquartile mean (IQM) of the seeds'
+last-10% returns with its 95% CI (in the results table and summary.csv), and the probability of improvement
+P(X > Y) of every variant X over each `--baselines` variant Y, per env and averaged over envs, with its 95% CI and
+a verdict (a table in summary.md, `probability_of_improvement.csv` and `probability_of_improvement.png`).
 """
 
 import csv
@@ -28,6 +33,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +57,19 @@ FALLBACKS = "hypergrad/nonfinite_fallbacks"
 """a counter: reported by its final value, summed over seeds, instead of its mean"""
 EXTREMES = {"hypergrad/correction_ratio": max, "hypergrad/ihvp_error": max, "hypergrad/ihvp_cos": min}
 """diagnostics whose extreme logged value, over the run and over seeds, is reported beside their mean"""
+BASELINES = ("ppo", "ppo-nested")
+"""the variants every other variant is compared with by the probability of improvement, unless `--baselines` says"""
+BOOTSTRAP_REPS = 500
+"""bootstrap resamples behind every confidence interval. rliable's default of 50,000 would take ~10 minutes: its
+probability of improvement runs scipy's Mann-Whitney U test (~0.4 ms) once per pair, task and resample. With 500,
+aggregating benchmark/results (12 rows, 8 (variant, baseline) pairs on 2 envs) took 21 s of CPU, and 19 rows with 20
+pairs 30 s, a third of it reading the events. With few seeds P takes few values, and the interval's ends move by one
+of its steps between generator seeds at 5,000 resamples as at 500"""
+MIN_SEEDS = 5
+"""the fewest seeds of each variant on each task for a verdict that one variant beats another"""
+BOOTSTRAP_SEED = 0
+"""NumPy's global generator is seeded with this for every bootstrap: rliable 1.2.0 draws its resamples with
+np.random.choice and ignores its `random_state` argument"""
 
 
 @dataclass
@@ -75,6 +94,8 @@ class Args:
     """pass `--track` to every script, so that each run logs to Weights & Biases"""
     wandb_project_name: str = "blpo"
     """Weights & Biases project the scripts log to with `--track`"""
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    """variants every other variant is compared with by the probability of improvement; absent ones are skipped"""
 
 
 @dataclass(frozen=True)
@@ -280,6 +301,15 @@ class Run:
 
 
 @dataclass
+class Interval:
+    """A point estimate and the bounds of its 95% stratified-bootstrap confidence interval (NaN when unknown)."""
+
+    value: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+
+
+@dataclass
 class Row:
     """One variant (or the reference) on one environment, over its seeds."""
 
@@ -291,6 +321,8 @@ class Row:
     """last-10% mean return per seed (NaN when no episode ended in the last 10%)"""
     threshold_steps: list[float]
     """per seed, the step where the running mean first reached the threshold (NaN if never, or no threshold)"""
+    iqm: Interval = field(default_factory=Interval)
+    """interquartile mean of the finite `returns`, with its 95% CI"""
     wall_clock_s: float = math.nan
     sps: float = math.nan
     final_entropies: list[float] = field(default_factory=list)
@@ -374,12 +406,47 @@ def steps_to_threshold(episodes: Episodes, threshold: float | None) -> float:
     return float(episodes.steps[reached[0]]) if reached.size else math.nan
 
 
+def finite(values: list[float]) -> np.ndarray:
+    """The finite ones of `values`, as an array."""
+    values = np.asarray(values, dtype=float)
+    return values[np.isfinite(values)]
+
+
+def bootstrap(scores: np.ndarray | list[np.ndarray], statistic) -> list[Interval]:
+    """Each value `statistic` (a number or a 1D array) takes on `scores`, with its 95% CI from rliable's stratified
+    bootstrap (BOOTSTRAP_REPS resamples of the runs of each task). An array is a (runs x tasks) matrix; a list of
+    them is resampled array by array, and `statistic` then takes each array as an argument. The global generator
+    rliable draws from is seeded for the call, so that the same scores give the same intervals every time, and
+    restored afterwards."""
+    from rliable import library as rly
+
+    state = np.random.get_state()
+    np.random.seed(BOOTSTRAP_SEED)
+    try:
+        point, interval = rly.get_interval_estimates({"": scores}, statistic, reps=BOOTSTRAP_REPS)
+    finally:
+        np.random.set_state(state)
+    values, (lows, highs) = np.atleast_1d(point[""]), np.reshape(interval[""], (2, -1))
+    return [Interval(float(v), float(low), float(high)) for v, low, high in zip(values, lows, highs)]
+
+
+def iqm(returns: list[float]) -> Interval:
+    """Interquartile mean (25% trimmed off each end) of the seeds' finite returns, with its 95% CI; below 4 seeds
+    nothing is trimmed and it is their mean. With one seed the interval is that seed's return."""
+    from rliable import metrics
+
+    scores = finite(returns)
+    return bootstrap(scores[:, None], metrics.aggregate_iqm)[0] if scores.size else Interval()
+
+
 def seed_stats(episodes: list[Episodes], totals: list[int], threshold: float | None) -> dict:
     """Row fields computed from the seeds' episodes alone, each seed over its own total steps."""
+    returns = [last_fraction_mean(e, total) for e, total in zip(episodes, totals)]
     return {
         "seeds": [e.seed for e in episodes],
-        "returns": [last_fraction_mean(e, total) for e, total in zip(episodes, totals)],
+        "returns": returns,
         "threshold_steps": [steps_to_threshold(e, threshold) for e in episodes],
+        "iqm": iqm(returns),
     }
 
 
@@ -420,6 +487,67 @@ def reference_row(env_id: str, episodes: list[Episodes], total_timesteps: int, t
     )
 
 
+@dataclass
+class Improvement:
+    """The probability of improvement of variant `x` over baseline `y` on one task, or averaged over `tasks`."""
+
+    x: str
+    y: str
+    tasks: list[str]
+    p: Interval
+    fewest_seeds: int
+    """the fewest seeds either variant has on any of the tasks"""
+    over_tasks: bool = False
+
+
+def probability_of_improvement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[Interval]:
+    """P(X > Y), the chance that a seed of X beats a seed of Y on the same task (ties count half), on each task
+    given as an (X returns, Y returns) pair, then averaged over the tasks, each with its 95% CI. Each array is
+    resampled on its own, so X and Y may have different numbers of seeds on any task, as rliable's
+    probability_of_improvement allows (it divides the Mann-Whitney U by the product of the two counts)."""
+    from rliable import metrics
+
+    def per_task_and_average(*scores: np.ndarray) -> np.ndarray:
+        # one bootstrap for the tasks and their average, which rliable would only average over equal seed counts
+        per_task = [metrics.probability_of_improvement(x, y) for x, y in zip(scores[::2], scores[1::2])]
+        return np.array([*per_task, np.mean(per_task)])
+
+    return bootstrap([scores[:, None] for pair in pairs for scores in pair], per_task_and_average)
+
+
+def improvements(rows: list[Row], baselines: Sequence[str]) -> list[Improvement]:
+    """The probability of improvement of every variant X over each baseline Y among the variants (X != Y), on each
+    task both have finite returns on, then averaged over those tasks. The reference is no variant: left out."""
+    scores = {(row.variant, row.env_id): finite(row.returns) for row in rows if row.variant != REFERENCE_NAME}
+    scores = {key: values for key, values in scores.items() if values.size}
+    variants = sorted({variant for variant, _ in scores})
+    env_ids = sorted({env_id for _, env_id in scores})
+    found = []
+    for y in dict.fromkeys(b for b in baselines if b in variants):
+        for x in (v for v in variants if v != y):
+            pairs = {e: (scores[x, e], scores[y, e]) for e in env_ids if (x, e) in scores and (y, e) in scores}
+            if not pairs:
+                continue
+            fewest = {e: min(len(xs), len(ys)) for e, (xs, ys) in pairs.items()}
+            *per_task, average = probability_of_improvement(list(pairs.values()))
+            found += [Improvement(x, y, [e], p, fewest[e]) for e, p in zip(pairs, per_task)]
+            found.append(Improvement(x, y, list(pairs), average, min(fewest.values()), over_tasks=True))
+    return found
+
+
+def task_label(improvement: Improvement) -> str:
+    return f"all tasks ({len(improvement.tasks)})" if improvement.over_tasks else improvement.tasks[0]
+
+
+def verdict(improvement: Improvement) -> str:
+    """Which variant is better when the 95% CI of P(X > Y) excludes 0.5, with MIN_SEEDS seeds or more of each on
+    every task: with fewer, two or three seeds that happen to separate give an interval of [1, 1]."""
+    x, y, p = improvement.x, improvement.y, improvement.p
+    if improvement.fewest_seeds < MIN_SEEDS:
+        return f"not separated (< {MIN_SEEDS} seeds)"
+    return f"{x} > {y}" if p.low > 0.5 else f"{y} > {x}" if p.high < 0.5 else "not separated"
+
+
 def number(x: float, spec: str = ".2f") -> str:
     """`x` formatted with `spec`, or "n/a" when it is not finite."""
     return format(x, spec) if math.isfinite(x) else "n/a"
@@ -435,6 +563,11 @@ def return_cell(row: Row) -> str:
     values = np.array(row.returns)
     per_seed = ", ".join(number(v) for v in values)
     return f"{number(values.mean())} ± {number(values.std())} ({per_seed})"
+
+
+def interval_cell(interval: Interval) -> str:
+    """e.g. "2220.39 [2108.25, 2288.54]"."""
+    return f"{number(interval.value)} [{number(interval.low)}, {number(interval.high)}]"
 
 
 def entropy_cell(row: Row) -> str:
@@ -459,6 +592,7 @@ def table_legend(threshold: float | None) -> str:
     legend = [
         "Last-10% return: mean return of the episodes that ended in the last 10% of the steps, per seed;",
         "mean ± std (population) over seeds, per-seed values in parentheses.",
+        "IQM: their interquartile mean (the mean below 4 seeds) with its 95% stratified-bootstrap CI.",
     ]
     if threshold is not None:
         legend += [
@@ -471,12 +605,13 @@ def table_legend(threshold: float | None) -> str:
 
 def results_table(rows: list[Row], threshold: float | None) -> str:
     """The Markdown table of returns, steps to threshold (when given), wall-clock and SPS."""
-    header = ["env", "variant", "steps", "seeds", "last-10% return"]
+    header = ["env", "variant", "steps", "seeds", "last-10% return", "IQM [95% CI]"]
     header += [f"steps to {threshold:g}"] if threshold is not None else []
     header += ["final entropy", "wall-clock (s)", "SPS"]
     lines = []
     for row in rows:
-        cells = [row.env_id, row.variant, f"{row.total_timesteps:,}", ", ".join(map(str, row.seeds)), return_cell(row)]
+        cells = [row.env_id, row.variant, f"{row.total_timesteps:,}", ", ".join(map(str, row.seeds))]
+        cells += [return_cell(row), interval_cell(row.iqm)]
         cells += [threshold_cell(row)] if threshold is not None else []
         lines.append(cells + [entropy_cell(row), number(row.wall_clock_s, ".0f"), number(row.sps, ".0f")])
     return markdown_table(header, lines)
@@ -498,9 +633,30 @@ def diagnostics_table(rows: list[Row]) -> str:
     return markdown_table(header, lines)
 
 
-def summary_markdown(rows: list[Row], threshold: float | None, command: str) -> str:
-    """summary.md: the command line, the results table and, if any variant logged them, the diagnostics table."""
+def improvement_table(found: list[Improvement]) -> str:
+    """The Markdown table of the probabilities of improvement, with their intervals and verdicts."""
+    header = ["X", "Y", "task", "P(X > Y)", "95% CI", "verdict"]
+    lines = [
+        [i.x, i.y, task_label(i), number(i.p.value), f"[{number(i.p.low)}, {number(i.p.high)}]", verdict(i)]
+        for i in found
+    ]
+    return markdown_table(header, lines)
+
+
+def summary_markdown(rows: list[Row], threshold: float | None, command: str, found: list[Improvement]) -> str:
+    """summary.md: the command line, the results table, the probabilities of improvement if any variant had a
+    baseline to compare with and, if any variant logged them, the diagnostics table."""
     text = [f"```sh\n{command}\n```", table_legend(threshold), results_table(rows, threshold)]
+    if found:
+        baselines = ", ".join(dict.fromkeys(i.y for i in found))
+        text += [
+            "Probability of improvement P(X > Y): the probability that a seed of X ends with a higher last-10% return "
+            f"than a seed of Y on the same task (ties count half), for every variant X and baseline Y ({baselines}); "
+            "per task, then averaged over the tasks both ran (those listed above the pair's all-tasks row). "
+            f"95% stratified-bootstrap CI ({BOOTSTRAP_REPS:,} resamples); the verdict names the better variant when "
+            f"the CI excludes 0.5 and each has at least {MIN_SEEDS} seeds on every task.",
+            improvement_table(found),
+        ]
     diagnosed = [row for row in rows if row.diagnostics]
     if diagnosed:
         text += [
@@ -523,6 +679,9 @@ def csv_record(row: Row, threshold: float | None) -> dict:
         "seeds": " ".join(map(str, row.seeds)),
         "return_mean": values.mean(),
         "return_std": values.std(),
+        "iqm": row.iqm.value,
+        "iqm_low": row.iqm.low,
+        "iqm_high": row.iqm.high,
         **{f"return_seed{s}": v for s, v in zip(row.seeds, row.returns)},
         "threshold": math.nan if threshold is None else threshold,
         "threshold_reached": len(reached) if threshold is not None else math.nan,
@@ -539,9 +698,23 @@ def csv_record(row: Row, threshold: float | None) -> dict:
     return {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in fields.items()}
 
 
-def write_csv(rows: list[Row], threshold: float | None, path: Path) -> None:
-    """summary.csv: one line per env and variant; columns are the union over the lines."""
-    records = [csv_record(row, threshold) for row in rows]
+def improvement_record(improvement: Improvement) -> dict:
+    """One probability_of_improvement.csv line."""
+    p = improvement.p
+    return {
+        "x": improvement.x,
+        "y": improvement.y,
+        "task": task_label(improvement),
+        "tasks": " ".join(improvement.tasks),
+        "p": p.value,
+        "p_low": p.low,
+        "p_high": p.high,
+        "verdict": verdict(improvement),
+    }
+
+
+def write_csv(records: list[dict], path: Path) -> None:
+    """A CSV of `records`, one line each; columns are the union over the lines."""
     columns = list(dict.fromkeys(k for record in records for k in record))
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -592,8 +765,37 @@ def plot_env(env_id: str, runs: dict[str, list[Run]], reference: list[Episodes],
     plt.close(figure)
 
 
-def aggregate(records: list[Path], out: Path, threshold: float | None, command: str) -> list[Row]:
-    """Write summary.md, summary.csv and one plot per environment into `out` from the finished runs."""
+def plot_improvements(found: list[Improvement], path: Path) -> None:
+    """probability_of_improvement.png: P(X > Y) over tasks of every pair, a dot on its 95% CI, one color per
+    baseline Y, against the line at 0.5 where neither variant is better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overall = [i for i in found if i.over_tasks]
+    baselines = list(dict.fromkeys(i.y for i in overall))
+    figure, axes = plt.subplots(figsize=(7, 1.5 + 0.35 * len(overall)))
+    for k, i in enumerate(overall):
+        color = f"C{baselines.index(i.y)}"
+        axes.hlines(k, i.p.low, i.p.high, color=color, linewidth=6, alpha=0.4)
+        axes.plot(i.p.value, k, "o", color=color)
+    axes.axvline(0.5, color="gray", linestyle="--", linewidth=1)
+    axes.set_yticks(range(len(overall)), [f"{i.x} vs {i.y} ({len(i.tasks)} tasks)" for i in overall])
+    axes.set_ylim(len(overall) - 0.5, -0.5)
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("P(X > Y) over tasks, 95% CI")
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def aggregate(
+    records: list[Path], out: Path, threshold: float | None, command: str, baselines: Sequence[str] = BASELINES
+) -> list[Row]:
+    """Write summary.md, summary.csv and one plot per environment into `out` from the finished runs, and the
+    probabilities of improvement over `baselines` (a CSV and a plot) when a baseline has runs."""
     groups = defaultdict(lambda: defaultdict(list))
     for run in sorted((load_run(path) for path in records), key=lambda r: r.record["seed"]):
         groups[run.record["env_id"]][run.record["variant"]].append(run)
@@ -609,10 +811,16 @@ def aggregate(records: list[Path], out: Path, threshold: float | None, command: 
         if env_reference:
             rows.append(reference_row(env_id, env_reference, total, threshold))
         plot_env(env_id, runs, env_reference, colors, out / f"{env_id}.png")
-    markdown = summary_markdown(rows, threshold, command)
+    found = improvements(rows, baselines)
+    markdown = summary_markdown(rows, threshold, command, found)
     (out / "summary.md").write_text(markdown)
-    write_csv(rows, threshold, out / "summary.csv")
-    print(f"\n{markdown}\nwrote summary.md, summary.csv and {len(groups)} plot(s) to {out}")
+    write_csv([csv_record(row, threshold) for row in rows], out / "summary.csv")
+    written = f"summary.md, summary.csv and {len(groups)} plot(s)"
+    if found:
+        write_csv([improvement_record(i) for i in found], out / "probability_of_improvement.csv")
+        plot_improvements(found, out / "probability_of_improvement.png")
+        written = f"summary.md, summary.csv, probability_of_improvement.csv and {len(groups) + 1} plot(s)"
+    print(f"\n{markdown}\nwrote {written} to {out}")
     return rows
 
 
@@ -629,7 +837,7 @@ def main(args: Args) -> None:
         failed = run_grid(args, variants)
     records = sorted(args.out.glob("*/*/seed*/record.json"))
     if records:
-        aggregate(records, args.out, args.threshold, command_line())
+        aggregate(records, args.out, args.threshold, command_line(), args.baselines)
     if failed:
         fail(f"{failed} run(s) failed; their run.log says why; run the grid again to retry them")
     if not records:

@@ -1,9 +1,10 @@
-"""benchmark/run.py: a tiny grid end to end, aggregation against hand-written events, resuming,
-clear errors, Ctrl-C, and the W&B sweep's command lines."""
+"""benchmark/run.py: a tiny grid end to end, aggregation against hand-written events, interval estimates on
+hand-made returns, resuming, clear errors, Ctrl-C, and the W&B sweep's command lines."""
 
 import csv
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -181,6 +182,9 @@ def test_aggregation_of_known_events(hand_written_runs, monkeypatch, with_refere
     assert float(ppo["return_seed2"]) == pytest.approx((30 + 40 + 60) / 3)
     assert float(ppo["return_mean"]) == pytest.approx((95 + 130 / 3) / 2)
     assert float(ppo["return_std"]) == pytest.approx((95 - 130 / 3) / 2)
+    # two seeds: the IQM trims nothing; the bootstrap resamples both seeds alike a quarter of the time
+    assert float(ppo["iqm"]) == pytest.approx((95 + 130 / 3) / 2)
+    assert (float(ppo["iqm_low"]), float(ppo["iqm_high"])) == (pytest.approx(130 / 3), 95)
     # running mean of the last 20 returns reaches 30: seed 1 at its 11th episode, seed 2 at its 5th
     assert (float(ppo["steps_to_threshold_seed1"]), float(ppo["steps_to_threshold_seed2"])) == (550, 990)
     assert (float(ppo["steps_to_threshold_mean"]), ppo["threshold_reached"]) == (770, "2")
@@ -204,17 +208,109 @@ def test_aggregation_of_known_events(hand_written_runs, monkeypatch, with_refere
 
     summary = (out / "summary.md").read_text()
     assert summary.startswith(f"```sh\n{command}\n```\n")
-    assert "| CartPole-v1 | ppo | 1,000 | 1, 2 | 69.17 ± 25.83 (95.00, 43.33) | 770 (2/2) | n/a | 150 | 8 |" in summary
-    blpo_row = "| CartPole-v1 | blpo | 1,000 | 1, 2 | 70.00 ± 30.00 (100.00, 40.00) | 880 (1/2) | -0.50 ± 1.00 |"
+    ppo_row = "| CartPole-v1 | ppo | 1,000 | 1, 2 | 69.17 ± 25.83 (95.00, 43.33) | 69.17 [43.33, 95.00] | 770 (2/2) |"
+    assert ppo_row + " n/a | 150 | 8 |" in summary
+    blpo_row = "| 70.00 ± 30.00 (100.00, 40.00) | 70.00 [40.00, 100.00] | 880 (1/2) | -0.50 ± 1.00 |"
+    blpo_row = "| CartPole-v1 | blpo | 1,000 | 1, 2 " + blpo_row
     assert blpo_row in summary
     header = "| env | variant | correction_ratio | ihvp_cos | ihvp_error | nonfinite_fallbacks | max correction_ratio"
     assert header + " | max ihvp_error | min ihvp_cos |\n" in summary
     assert "| CartPole-v1 | blpo | 3.5 | 0.4375 | 2.625 | 5 | 6 | 7 | -0.5 |" in summary
     if with_reference:
-        row = f"| CartPole-v1 | {run.REFERENCE_NAME} | 1,000 | 1, 2 | 175.00 ± 75.00 (250.00, 100.00) | 974 (2/2) |"
+        row = f"| CartPole-v1 | {run.REFERENCE_NAME} | 1,000 | 1, 2 | 175.00 ± 75.00 (250.00, 100.00) | "
+        row += "175.00 [100.00, 250.00] | 974 (2/2) |"
         assert row in summary
         assert float(lines[run.REFERENCE_NAME]["steps_to_threshold_mean"]) == (950 + 999) / 2
     assert (out / "CartPole-v1.png").read_bytes().startswith(b"\x89PNG")
+
+    # blpo against the baseline ppo (ppo-nested has no runs; the reference is no variant): blpo's seeds (100, 40)
+    # beat ppo's (95, 43.33) half the time, and both seeds of either side coincide in a quarter of the resamples
+    assert "| X | Y | task | P(X > Y) | 95% CI | verdict |\n" in summary
+    for task in ["CartPole-v1", "all tasks (1)"]:
+        assert f"| blpo | ppo | {task} | 0.50 | [0.00, 1.00] | not separated (< 5 seeds) |\n" in summary
+    with (out / "probability_of_improvement.csv").open(newline="") as f:
+        assert list(csv.DictReader(f)) == [
+            {"x": "blpo", "y": "ppo", "task": task, "tasks": "CartPole-v1", "p": "0.5", "p_low": "0.0", "p_high": "1.0"}
+            | {"verdict": "not separated (< 5 seeds)"}
+            for task in ["CartPole-v1", "all tasks (1)"]
+        ]
+    assert (out / "probability_of_improvement.png").read_bytes().startswith(b"\x89PNG")
+
+
+def score_rows(scores: dict[str, dict[str, list[float]]]) -> list[run.Row]:
+    """Summary rows of hand-made last-10% returns given as {variant: {env_id: per-seed returns}}."""
+    return [
+        run.Row(env_id, variant, 1000, list(range(1, len(returns) + 1)), returns, [math.nan] * len(returns))
+        for variant, by_env in scores.items()
+        for env_id, returns in by_env.items()
+    ]
+
+
+def test_a_variant_ahead_on_every_seed_improves_with_probability_one():
+    """Different seed counts per task and per variant; the baseline alone on a task has no pair there."""
+    rows = score_rows(
+        {
+            "blpo": {"Hopper-v4": [30.0, 20.0, 25.0, 21.0, 40.0], "Walker2d-v4": [5.0, 7.0, 6.0, 9.0, 8.0, 7.5]},
+            "ppo": {"Hopper-v4": [10, 19, 15, 0, 3, 18.0], "Walker2d-v4": [4.0, -1, 3, 2, 1], "Ant-v4": [1.0, 2.0]},
+        }
+    )
+    found = run.improvements(rows, ["ppo", "ppo-nested"])  # no ppo-nested runs: skipped
+    assert [(i.x, i.y, run.task_label(i)) for i in found] == [
+        ("blpo", "ppo", "Hopper-v4"),
+        ("blpo", "ppo", "Walker2d-v4"),
+        ("blpo", "ppo", "all tasks (2)"),
+    ]
+    assert found[-1].tasks == ["Hopper-v4", "Walker2d-v4"]
+    for i in found:
+        assert (i.p, run.verdict(i)) == (run.Interval(1.0, 1.0, 1.0), "blpo > ppo")
+    # the other way round, with blpo as the baseline: P = 0, and the verdict still names blpo
+    for i in run.improvements(rows, ["blpo"]):
+        assert (i.x, i.y, i.p, run.verdict(i)) == ("ppo", "blpo", run.Interval(0.0, 0.0, 0.0), "blpo > ppo")
+    assert tyro.cli(run.Args, args=[]).baselines == ["ppo", "ppo-nested"]
+
+
+def test_identical_variants_are_not_separated():
+    same = {"Hopper-v4": [1.0, 4.0, 2.0, 8.0, 6.0], "Walker2d-v4": [3.0, 5.0, 0.0, 1.0, 9.0, 7.0]}
+    found = run.improvements(score_rows({"a": same, "b": same}), ["b"])
+    assert [run.task_label(i) for i in found] == ["Hopper-v4", "Walker2d-v4", "all tasks (2)"]
+    for i in found:
+        assert i.p.value == 0.5 and i.p.low < 0.5 < i.p.high and run.verdict(i) == "not separated"
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    returns = [9.0, 1.0, 7.0, 3.0, 100.0, -50.0, 5.0, 4.0]  # sorted: -50, 1, | 3, 4, 5, 7, | 9, 100
+    estimate = run.iqm(returns)
+    assert estimate.value == (3 + 4 + 5 + 7) / 4
+    assert estimate.low < estimate.value < estimate.high
+    assert run.iqm(returns + [math.nan]) == estimate  # a seed without a last-10% return is left out
+
+
+def test_bootstrap_is_reproducible_and_leaves_numpy_alone():
+    """The same numbers whatever NumPy's global generator was, and that generator as it was before."""
+    rows = score_rows({"a": {"Hopper-v4": [1.0, 5.0, 2.0, 8.0, 3.0]}, "b": {"Hopper-v4": [2.0, 4.0, 6.0, 0.0]}})
+    estimates = []
+    for seed in [1, 2]:
+        np.random.seed(seed)
+        estimates.append((run.iqm([9.0, 1.0, 7.0, 3.0, 5.0]), run.improvements(rows, ["b"])))
+        assert np.random.random() == np.random.RandomState(seed).random_sample()
+    assert estimates[0] == estimates[1]
+
+
+def test_fewer_than_five_seeds_give_no_verdict():
+    """One seed: an interval without width, no exception; fewer than 5 seeds of either variant on any task: no claim,
+    even when every seed separates; a variant without returns is left out."""
+    assert run.iqm([3.0]) == run.Interval(3.0, 3.0, 3.0)
+    assert all(math.isnan(bound) for bound in vars(run.iqm([math.nan])).values())
+    a = {"Hopper-v4": [3.0], "Walker2d-v4": [1.0, 2.0, 3.0, 4.0, 5.0]}
+    b = {"Hopper-v4": [1.0], "Walker2d-v4": [0.0, 0.5, 0.1, 0.2, 0.3]}
+    found = run.improvements(score_rows({"a": a, "b": b, "c": {"Hopper-v4": [math.nan]}}), ["b"])
+    assert [(i.x, run.task_label(i), i.p, run.verdict(i)) for i in found] == [
+        ("a", "Hopper-v4", run.Interval(1.0, 1.0, 1.0), "not separated (< 5 seeds)"),
+        ("a", "Walker2d-v4", run.Interval(1.0, 1.0, 1.0), "a > b"),
+        ("a", "all tasks (2)", run.Interval(1.0, 1.0, 1.0), "not separated (< 5 seeds)"),
+    ]
+    four = run.improvements(score_rows({"a": {"Hopper-v4": [5.0, 6, 7, 8]}, "b": {"Hopper-v4": [1.0, 2, 3, 4]}}), "b")
+    assert run.verdict(four[0]) == "not separated (< 5 seeds)"
 
 
 def test_every_scalar_event_is_loaded(tmp_path):

@@ -4,6 +4,7 @@ Parametrized over both BLPO scripts, so their copies of the helpers cannot drift
 """
 
 import importlib
+import math
 
 import pytest
 import torch
@@ -311,26 +312,63 @@ def test_mixed_term_matches_bandit_closed_form(blpo):
 def test_bound_caps_the_correction(blpo):
     """h = g - c below the bound; above it h = g - beta ||g|| c / ||c||; a non-finite c falls back to h = g."""
     g, c = torch.tensor([3.0, 4.0]), torch.tensor([0.0, 1.0])
-    h, active, fell_back = blpo.bounded_hypergradient(g, c, 1.0)
-    assert torch.equal(h, g - c) and not active and not fell_back
-    h, active, fell_back = blpo.bounded_hypergradient(g, 10 * c, 0.1)
+    h, scale = blpo.bounded_hypergradient(g, c, 1.0)
+    assert torch.equal(h, g - c) and scale == 1.0
+    h, scale = blpo.bounded_hypergradient(g, 10 * c, 0.1)
     torch.testing.assert_close(h, g - 0.5 * c)
-    assert active and not fell_back
-    h, active, fell_back = blpo.bounded_hypergradient(g, torch.tensor([float("nan"), 0.0]), 1.0)
-    assert torch.equal(h, g) and fell_back and not active
+    assert scale == pytest.approx(0.05)
+    h, scale = blpo.bounded_hypergradient(g, torch.tensor([float("nan"), 0.0]), 1.0)
+    assert torch.equal(h, g) and math.isnan(scale)
+
+
+def test_fixed_size_rescales_the_correction_both_ways(blpo):
+    """--correction fixed: ||h - g|| = beta ||g|| whether c was shorter or longer, along -c; NaN still falls back."""
+    g, c = torch.tensor([3.0, 4.0]), torch.tensor([0.6, -0.8])
+    for factor, expected_scale in ((0.1, 10 * 2.5), (10.0, 2.5 / 10)):
+        h, scale = blpo.bounded_hypergradient(g, factor * c, 0.5, fixed=True)
+        torch.testing.assert_close(h, g - 2.5 * c)
+        assert scale == pytest.approx(expected_scale)
+    h, scale = blpo.bounded_hypergradient(g, torch.tensor([float("inf"), 0.0]), 0.5, fixed=True)
+    assert torch.equal(h, g) and math.isnan(scale)
+
+
+def test_random_direction_is_fresh_seeded_and_keeps_a_nonfinite_c(blpo):
+    c = torch.tensor([1.0, 2.0, 3.0])
+    first, twin = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    draws = [blpo.random_direction(c, first) for _ in range(2)]
+    assert torch.equal(draws[0], torch.randn(3, generator=twin)) and torch.equal(
+        draws[1], torch.randn(3, generator=twin)
+    )
+    assert not torch.equal(draws[0], draws[1])
+    nan = torch.tensor([float("nan"), 0.0, 0.0])
+    assert blpo.random_direction(nan, first) is nan
 
 
 def test_stats_count_fallbacks_and_average_the_rest(blpo):
     stats = blpo.HypergradStats()
     g = torch.tensor([1.0, 0.0])
-    stats.add(g, torch.tensor([float("nan"), 0.0]), False, True)
-    stats.add(g, torch.tensor([0.5, 0.0]), False, False)
-    stats.add(g, torch.tensor([0.0, 2.0]), True, False)
+    stats.add(g, torch.tensor([float("nan"), 0.0]), g, math.nan)
+    stats.add(g, torch.tensor([0.5, 0.0]), g - torch.tensor([0.5, 0.0]), 1.0)
+    stats.add(g, torch.tensor([0.0, 2.0]), g - torch.tensor([0.0, 1.0]), 0.5)
+    stats.add(g, torch.tensor([0.0, -0.5]), g - torch.tensor([1.0, 0.0]), 2.0)  # a direction other than c's
     stats.add_check(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0]))
-    assert stats.updates == 3 and stats.fallbacks == 1
+    assert stats.updates == 4 and stats.fallbacks == 1
     means = stats.pop_means()
-    assert means["correction_ratio"] == pytest.approx(1.25)
-    assert means["cos_correction_direct"] == pytest.approx(0.5)
-    assert means["bound_active_frac"] == pytest.approx(0.5)
+    assert means["correction_ratio"] == pytest.approx((0.5 + 2 + 0.5) / 3)
+    assert means["cos_correction_direct"] == pytest.approx(1 / 3)
+    assert means["cos_applied_correction"] == pytest.approx(2 / 3)
+    assert means["bound_active_frac"] == pytest.approx(1 / 3) and means["enlarged_frac"] == pytest.approx(1 / 3)
     assert means["ihvp_error"] == pytest.approx(1.0) and means["ihvp_cos"] == pytest.approx(2**-0.5)
     assert stats.pop_means() == {}
+
+
+def test_push_splits_the_runs_sums_by_tensor(blpo):
+    """Per tensor: ||sum d|| / ||sum g||, cos(sum d, sum g), ||sum d|| / sqrt(sum ||d||^2), d = g - h."""
+    stats = blpo.HypergradStats()
+    g = torch.tensor([2.0, 0.0, 1.0])
+    for d in ([1.0, 0.0, 1.0], [1.0, 0.0, -1.0]):  # tensor "a" pushed one way twice, tensor "b" back and forth
+        stats.add(g, torch.tensor(d), g - torch.tensor(d), 1.0)
+    push = stats.push([("a", 2), ("b", 1)])
+    assert push["a/ratio"] == pytest.approx(0.5) and push["a/cos_direct"] == pytest.approx(1.0)
+    assert push["a/coherence"] == pytest.approx(2 / 2**0.5)  # a constant push: sqrt(updates)
+    assert push["b/ratio"] == 0.0 and push["b/coherence"] == 0.0

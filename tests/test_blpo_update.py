@@ -139,7 +139,8 @@ def clip_by_global_norm(grads, max_norm):
 
 
 def reference_update(agent, batch, args):
-    """The bilevel update of the paper on MB_INDS, applied to `agent` with SGD; returns (pg_loss, v_loss)."""
+    """The bilevel update of the paper on MB_INDS, applied to `agent` with SGD; returns (pg_loss, v_loss, g, c) with
+    c the correction before its size rule (None without the hypergradient)."""
     mb = torch.as_tensor(MB_INDS)
     obs, returns, old_values = batch.obs[mb], batch.returns[mb], batch.values[mb]
     critic, actor = list(agent.critic.parameters()), agent.actor_parameters()
@@ -183,7 +184,7 @@ def reference_update(agent, batch, args):
     )
     critic_grads = list(torch.autograd.grad(args.vf_coef * v_loss, critic, retain_graph=True))
 
-    h = g
+    h, c = g, None
     if args.hypergrad:
         v = torch.cat([t.reshape(-1) for t in torch.autograd.grad(pg_loss, w)])
         w_flat = torch.cat([p.detach().reshape(-1) for p in critic])
@@ -203,9 +204,11 @@ def reference_update(agent, batch, args):
         )
         c = torch.cat([t.reshape(-1) for t in torch.autograd.grad(grad_w @ x, actor)])
         c = -c if args.flip_mixed_sign else c
-        if c.norm() > args.hypergrad_bound * g.norm():
-            c = c * (args.hypergrad_bound * g.norm() / c.norm())
-        h = g - c
+        # the size rule: the paper's cap, or exactly beta ||g|| along c or along the generator's first Gaussian draw
+        applied = torch.randn(c.shape, generator=torch.Generator().manual_seed(0)) if args.correction == "random" else c
+        if args.correction != "bounded" or applied.norm() > args.hypergrad_bound * g.norm():
+            applied = applied * (args.hypergrad_bound * g.norm() / applied.norm())
+        h = g - applied
 
     actor_grads = list(h.split([p.numel() for p in actor]))
     actor_grads = [grad.view_as(p) for grad, p in zip(actor_grads, actor)]
@@ -215,7 +218,7 @@ def reference_update(agent, batch, args):
     with torch.no_grad():
         for p, grad in zip(params, grads):
             p -= (LR_CRITIC if any(p is q for q in critic) else LR_ACTOR) * grad
-    return pg_loss.item(), v_loss.item()
+    return pg_loss.item(), v_loss.item(), g, c
 
 
 def assert_same_parameters(agent, expected, rtol=1e-7, atol=1e-10):
@@ -229,6 +232,14 @@ UPDATE_CASES = {
     "K1-clipped": dict(nested_updates=1, max_grad_norm=0.3),
     "K2-no-vloss-clip-flipped": dict(nested_updates=2, clip_vloss=False, flip_mixed_sign=True),
     "K4-no-hypergrad-clipped": dict(nested_updates=4, hypergrad=False, max_grad_norm=0.3),
+    "K3-fixed": dict(correction="fixed", hypergrad_bound=0.5),
+    "K2-fixed-flipped-clipped": dict(
+        nested_updates=2, correction="fixed", hypergrad_bound=2.0, flip_mixed_sign=True, max_grad_norm=0.3
+    ),
+    "K3-random": dict(correction="random", hypergrad_bound=0.7),
+    "K3-random-flipped-rollout-stats": dict(
+        correction="random", hypergrad_bound=1.0, flip_mixed_sign=True, norm_adv_stats="rollout"
+    ),
 }
 
 
@@ -242,7 +253,7 @@ def test_update_is_the_bilevel_step(blpo, case):
     args = update_args(blpo, **UPDATE_CASES[case])
     expected = copy.deepcopy(agent)
     losses, stats = script_update(blpo, agent, batch, args)
-    pg_loss, v_loss = reference_update(expected, batch, args)
+    pg_loss, v_loss, _, _ = reference_update(expected, batch, args)
     assert losses.pg_loss == pytest.approx(pg_loss, rel=1e-9)
     assert losses.v_loss == pytest.approx(v_loss, rel=1e-9)
     assert_same_parameters(agent, expected)
@@ -261,19 +272,90 @@ def test_the_correction_moves_the_actor(blpo):
     assert difference > 1e3 * (1e-10 + 1e-7 * max(p.abs().max().item() for p in agent.parameters()))
 
 
-def test_bound_zero_update_equals_no_hypergrad(blpo):
-    """beta = 0 scales the correction to zero: the update is the direct one bitwise; the default bound is not."""
+@pytest.mark.parametrize("correction", ["bounded", "fixed", "random"])
+def test_bound_zero_update_equals_no_hypergrad(blpo, correction):
+    """beta = 0 scales the correction to zero in every mode: the update is the direct one bitwise; beta = 1.4 is not."""
     results = {}
     for name, overrides in {
-        "bound0": dict(hypergrad_bound=0.0, ihvp="cg", ihvp_rho=50.0),
+        "bound0": dict(hypergrad_bound=0.0, ihvp="cg", ihvp_rho=50.0, correction=correction),
         "direct": dict(hypergrad=False),
-        "default": dict(hypergrad_bound=1.4, ihvp="cg", ihvp_rho=50.0),
+        "default": dict(hypergrad_bound=1.4, ihvp="cg", ihvp_rho=50.0, correction=correction),
     }.items():
         agent, batch = make_problem(blpo)
         script_update(blpo, agent, batch, update_args(blpo, **overrides))
         results[name] = [p.detach() for p in agent.parameters()]
     assert all(torch.equal(p, q) for p, q in zip(results["bound0"], results["direct"]))
     assert not all(torch.equal(p, q) for p, q in zip(results["default"], results["direct"]))
+
+
+def applied_actor_gradient(blpo, seed=0, **overrides):
+    """The actor gradient one script update applied (its step divided by -lr, no clipping), and the update's stats."""
+    agent, batch = make_problem(blpo)
+    before = torch.cat([p.detach().reshape(-1) for p in agent.actor_parameters()])
+    _, stats = script_update(blpo, agent, batch, update_args(blpo, **overrides), torch.Generator().manual_seed(seed))
+    after = torch.cat([p.detach().reshape(-1) for p in agent.actor_parameters()])
+    return (before - after) / LR_ACTOR, stats
+
+
+def exact_g_and_c(blpo, flip=False):
+    """g and the correction c (flipped if asked) of the update on MB_INDS, from the dense reference."""
+    agent, batch = make_problem(blpo)
+    _, _, g, c = reference_update(agent, batch, update_args(blpo, flip_mixed_sign=flip))
+    return g, c
+
+
+def cos(a, b):
+    return (a @ b / (a.norm() * b.norm())).item()
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("bound", [0.05, 3.0])  # below and above ||c|| / ||g||: c enlarged, then shrunk
+def test_fixed_size_step_is_beta_g_along_minus_c(blpo, flip, bound):
+    """--correction fixed: ||h - g|| = beta ||g|| exactly, and h - g points along -c (along +c with the authors'
+    sign); the diagnostics say whether c was enlarged or shrunk, and describe c itself."""
+    g, c = exact_g_and_c(blpo, flip)
+    h, stats = applied_actor_gradient(blpo, correction="fixed", hypergrad_bound=bound, flip_mixed_sign=flip)
+    assert (h - g).norm().item() == pytest.approx(bound * g.norm().item(), rel=1e-7)
+    assert cos(h - g, -c) == pytest.approx(1.0, abs=1e-9)
+    means = stats.pop_means()
+    ratio = (c.norm() / g.norm()).item()
+    assert (bound < ratio) == (means["bound_active_frac"] == 1.0) and (bound > ratio) == (means["enlarged_frac"] == 1.0)
+    assert means["correction_ratio"] == pytest.approx(ratio, rel=1e-7)
+    assert means["cos_correction_direct"] == pytest.approx(cos(c, g), abs=1e-9)
+    assert means["cos_applied_correction"] == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_random_control_has_the_fixed_size_and_no_bilevel_direction(blpo, flip):
+    """--correction random: ||h - g|| = beta ||g||, the direction is the seeded generator's (same seed, same step;
+    another seed, another), it is not c's, and the diagnostics still describe c."""
+    g, c = exact_g_and_c(blpo, flip)
+    h, stats = applied_actor_gradient(blpo, correction="random", hypergrad_bound=0.7, flip_mixed_sign=flip)
+    again, _ = applied_actor_gradient(blpo, correction="random", hypergrad_bound=0.7, flip_mixed_sign=flip)
+    other, _ = applied_actor_gradient(blpo, 1, correction="random", hypergrad_bound=0.7, flip_mixed_sign=flip)
+    assert (h - g).norm().item() == pytest.approx(0.7 * g.norm().item(), rel=1e-7)
+    assert torch.equal(h, again) and not torch.allclose(h, other)
+    drawn = torch.randn(c.shape, generator=torch.Generator().manual_seed(0))
+    assert cos(g - h, drawn) == pytest.approx(1.0, abs=1e-9) and abs(cos(g - h, c)) < 0.5
+    means = stats.pop_means()
+    assert means["correction_ratio"] == pytest.approx((c.norm() / g.norm()).item(), rel=1e-7)
+    assert means["cos_correction_direct"] == pytest.approx(cos(c, g), abs=1e-9)
+    assert means["cos_applied_correction"] == pytest.approx(cos(drawn, c), abs=1e-9)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("correction", ["bounded", "fixed", "random"])
+def test_ihvp_check_is_right_in_every_mode_and_sign(blpo, correction, flip):
+    """The IHVP check compares c with the exact solve's c under the same sign, whatever the size rule: zero error
+    for the exact solver, the error of one CG step against the dense reference's c otherwise."""
+    _, c = exact_g_and_c(blpo, flip)
+    modes = dict(correction=correction, flip_mixed_sign=flip, ihvp_check_every=1)
+    means = applied_actor_gradient(blpo, ihvp="exact", **modes)[1].pop_means()
+    assert means["ihvp_error"] == 0.0 and means["ihvp_cos"] == pytest.approx(1.0)
+    means = applied_actor_gradient(blpo, ihvp="cg", ihvp_rank=1, **modes)[1].pop_means()
+    one_step = means["correction_ratio"] * exact_g_and_c(blpo)[0].norm().item()  # ||c|| of the CG step
+    assert means["ihvp_error"] > 1e-3 and means["ihvp_cos"] < 1
+    assert one_step != pytest.approx(c.norm().item(), rel=1e-3)
 
 
 def test_nonfinite_correction_falls_back_to_the_direct_step(blpo, monkeypatch):
