@@ -41,7 +41,7 @@ class Args:
     """compare the solvers at every N-th update"""
     seed: int = 1
     """the training run's seed"""
-    out: Path = ROOT / "benchmark" / "results-ihvp"
+    out: Path = ROOT / "benchmark" / "out" / "ihvp"
     """folder of the CSV files and of summary.md"""
     summarize: bool = False
     """only write summary.md from the CSV files in `out`"""

@@ -57,6 +57,8 @@ FALLBACKS = "hypergrad/nonfinite_fallbacks"
 """a counter: reported by its final value, summed over seeds, instead of its mean"""
 EXTREMES = {"hypergrad/correction_ratio": max, "hypergrad/ihvp_error": max, "hypergrad/ihvp_cos": min}
 """diagnostics whose extreme logged value, over the run and over seeds, is reported beside their mean"""
+PUSH = "hypergrad/push/"
+"""cumulative diagnostics `hypergrad/push/{actor tensor}/{statistic}`: reported by their final value, per seed"""
 BASELINES = ("ppo", "ppo-nested")
 """the variants every other variant is compared with by the probability of improvement, unless `--baselines` says"""
 BOOTSTRAP_REPS = 500
@@ -84,8 +86,9 @@ class Args:
     """environment steps per run"""
     workers: int = os.cpu_count() or 1
     """runs at once, each with one torch thread"""
-    out: Path = ROOT / "benchmark" / "results"
-    """folder of the run directories and of the aggregated table, CSV and plots"""
+    out: Path = ROOT / "benchmark" / "out"
+    """folder of the run directories and of the aggregated table, CSV and plots (the default is git-ignored; the
+    committed results live in benchmark/results/)"""
     threshold: float | None = None
     """return whose first crossing (mean of the last 20 episodes) is reported as steps-to-threshold"""
     aggregate_only: bool = False
@@ -298,6 +301,8 @@ class Run:
     final_entropy: float
     diagnostics: dict[str, float]
     extremes: dict[str, float] = field(default_factory=dict)
+    push: dict[str, float] = field(default_factory=dict)
+    """the final value of each PUSH scalar, by `{tensor}/{statistic}`"""
 
 
 @dataclass
@@ -330,6 +335,8 @@ class Row:
     diagnostics: dict[str, float] = field(default_factory=dict)
     extremes: dict[str, float] = field(default_factory=dict)
     """per EXTREMES tag, its extreme logged value over every seed"""
+    push: dict[str, list[float]] = field(default_factory=dict)
+    """per `{tensor}/{statistic}` of PUSH, its final value in each seed that logged it"""
 
 
 def load_scalars(directory: Path) -> tuple[dict[str, list], float]:
@@ -363,11 +370,12 @@ def load_run(record_path: Path) -> Run:
     diagnostics = {
         tag: events[-1].value if tag == FALLBACKS else float(np.mean([e.value for e in events]))
         for tag, events in scalars.items()
-        if tag.startswith("hypergrad/")
+        if tag.startswith("hypergrad/") and not tag.startswith(PUSH)
     }
     extremes = {tag: pick(e.value for e in scalars[tag]) for tag, pick in EXTREMES.items() if tag in scalars}
+    push = {tag.removeprefix(PUSH): events[-1].value for tag, events in scalars.items() if tag.startswith(PUSH)}
     final_entropy = scalars[ENTROPY][-1].value if ENTROPY in scalars else math.nan
-    return Run(record, episodes, final_entropy, diagnostics, extremes)
+    return Run(record, episodes, final_entropy, diagnostics, extremes, push)
 
 
 def load_reference(path: Path) -> dict[str, list[Episodes]]:
@@ -470,6 +478,9 @@ def variant_row(env_id: str, variant: str, runs: list[Run], threshold: float | N
             tag: pick(r.extremes[tag] for r in runs if tag in r.extremes)
             for tag, pick in EXTREMES.items()
             if any(tag in r.extremes for r in runs)
+        },
+        push={
+            key: [r.push[key] for r in runs if key in r.push] for key in dict.fromkeys(k for r in runs for k in r.push)
         },
     )
 
@@ -633,6 +644,21 @@ def diagnostics_table(rows: list[Row]) -> str:
     return markdown_table(header, lines)
 
 
+def push_table(rows: list[Row]) -> str:
+    """The Markdown table of the applied correction's push on each actor tensor at the end of the runs, one line
+    per tensor: each statistic's mean ± std over seeds."""
+    header = ["env", "variant", "tensor", "seeds", "‖Σd‖ / ‖Σg‖", "cos(Σd, Σg)", "‖Σd‖ / √(Σ‖d‖²)"]
+    lines = []
+    for row in rows:
+        for tensor in dict.fromkeys(key.rpartition("/")[0] for key in row.push):
+            cells = []
+            for statistic in ("ratio", "cos_direct", "coherence"):
+                values = np.array(row.push.get(f"{tensor}/{statistic}", [math.nan]))
+                cells.append(f"{number(values.mean(), '.3g')} ± {number(values.std(), '.2g')}")
+            lines.append([row.env_id, row.variant, tensor, str(len(row.push[f"{tensor}/ratio"])), *cells])
+    return markdown_table(header, lines)
+
+
 def improvement_table(found: list[Improvement]) -> str:
     """The Markdown table of the probabilities of improvement, with their intervals and verdicts."""
     header = ["X", "Y", "task", "P(X > Y)", "95% CI", "verdict"]
@@ -664,6 +690,14 @@ def summary_markdown(rows: list[Row], threshold: float | None, command: str, fou
             "nonfinite_fallbacks is the final count, summed over seeds; "
             "the max and min columns are the extreme value logged in any run.",
             diagnostics_table(diagnosed),
+        ]
+    pushed = [row for row in rows if row.push]
+    if pushed:
+        text += [
+            "Push of the applied correction d = g − h on each actor tensor over the whole run (final values of "
+            "`hypergrad/push/*`, mean ± std over seeds): its cumulative move against g's, the cosine between the two "
+            "sums, and its coherence, about 1 when d is noise (a random walk) and √(updates) when it pushes one way.",
+            push_table(pushed),
         ]
     return "\n\n".join(text) + "\n"
 

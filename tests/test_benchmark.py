@@ -144,6 +144,9 @@ def hand_written_runs(tmp_path):
         hypergrad__ihvp_error=[(100, 0.5), (300, 7.0)],
         hypergrad__ihvp_cos=[(100, 0.25), (300, -0.5)],
         losses__entropy=[(100, 1.5), (300, 0.5), (200, 9.0)],
+        hypergrad__push__actor_logstd__ratio=[(100, 9.0), (300, 0.5)],  # cumulative: the final value counts
+        hypergrad__push__actor_logstd__cos_direct=[(300, -1.0)],
+        hypergrad__push__actor_logstd__coherence=[(300, 2.0)],
     )
     write_run(
         tmp_path,
@@ -155,6 +158,9 @@ def hand_written_runs(tmp_path):
         hypergrad__ihvp_error=[(100, 1.5)],
         hypergrad__ihvp_cos=[(100, 1.0)],
         losses__entropy=[(100, 2.0), (200, -1.5)],
+        hypergrad__push__actor_logstd__ratio=[(200, 1.5)],
+        hypergrad__push__actor_logstd__cos_direct=[(200, 0.0)],
+        hypergrad__push__actor_logstd__coherence=[(200, 4.0)],
     )
     return tmp_path
 
@@ -216,6 +222,7 @@ def test_aggregation_of_known_events(hand_written_runs, monkeypatch, with_refere
     header = "| env | variant | correction_ratio | ihvp_cos | ihvp_error | nonfinite_fallbacks | max correction_ratio"
     assert header + " | max ihvp_error | min ihvp_cos |\n" in summary
     assert "| CartPole-v1 | blpo | 3.5 | 0.4375 | 2.625 | 5 | 6 | 7 | -0.5 |" in summary
+    assert "| CartPole-v1 | blpo | actor_logstd | 2 | 1 ± 0.5 | -0.5 ± 0.5 | 3 ± 1 |" in summary
     if with_reference:
         row = f"| CartPole-v1 | {run.REFERENCE_NAME} | 1,000 | 1, 2 | 175.00 ± 75.00 (250.00, 100.00) | "
         row += "175.00 [100.00, 250.00] | 974 (2/2) |"
