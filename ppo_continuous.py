@@ -1,7 +1,5 @@
-# PPO for continuous actions, after CleanRL's ppo_continuous_action.py, on Gymnasium 1.x.
-# The baseline every BLPO claim in this repository is measured against.
-# Requires Python >= 3.10, gymnasium >= 1.1 (gym.vector.AutoresetMode) and torch >= 2.4 (Adam's fused CPU kernel);
-# requirements.txt pins the tested versions, with the extras --capture-video needs (moviepy, pygame-ce).
+# PPO for continuous actions, after CleanRL's ppo_continuous_action.py: the baseline BLPO is measured against.
+# Needs gymnasium >= 1.1 and torch >= 2.4: pip install -r requirements.txt
 import math
 import os
 import random
@@ -18,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 import tyro
+from torch.torch_version import TorchVersion
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -27,148 +26,81 @@ warnings.filterwarnings("ignore", message=r"MuJoCo: compiler attribute 'settotal
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
-    wandb_project_name: str = "blpo"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """whether to capture videos of the agent performances (check out `videos` folder)"""
-    save_model: bool = False
-    """whether to save the model into the `runs/{run_name}` folder"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
+    seed: int = 1  # seed of the experiment
+    torch_deterministic: bool = True  # if toggled, `torch.backends.cudnn.deterministic=True`
+    cuda: bool = True  # if toggled, cuda will be used when available
+    track: bool = False  # if toggled, this experiment will be tracked with Weights and Biases
+    wandb_project_name: str = "blpo"  # the wandb's project name
+    wandb_entity: str | None = None  # the entity (team) of wandb's project
+    capture_video: bool = False  # whether to capture videos of the agent performances (check out `videos` folder)
+    save_model: bool = False  # whether to save the model into the `runs/{run_name}` folder
 
     # Algorithm specific arguments
-    env_id: str = "HalfCheetah-v4"
-    """the id of the environment"""
-    total_timesteps: int = 1000000
-    """total timesteps of the experiments, rounded down to whole iterations of num_envs * num_steps (the bar shows
-    the steps that run)"""
-    learning_rate: float = 3e-4
-    """the learning rate of the optimizer"""
-    num_envs: int = 1
-    """the number of parallel game environments"""
-    num_steps: int = 2048
-    """the number of steps to run in each environment per policy rollout"""
-    anneal_lr: bool = True
-    """Toggle learning rate annealing for policy and value networks"""
-    gamma: float = 0.99
-    """the discount factor gamma"""
-    gae_lambda: float = 0.95
-    """the lambda for the general advantage estimation"""
-    num_minibatches: int = 32
-    """the number of mini-batches"""
-    update_epochs: int = 10
-    """the number of epochs over the batch per update"""
-    norm_adv: bool = True
-    """Toggles advantages normalization"""
-    clip_coef: float = 0.2
-    """the surrogate clipping coefficient"""
-    clip_vloss: bool = True
-    """Toggles whether or not to use a clipped loss for the value function, as per the paper."""
-    ent_coef: float = 0.0
-    """coefficient of the entropy"""
-    vf_coef: float = 0.5
-    """coefficient of the value function"""
-    max_grad_norm: float = 0.5
-    """the maximum norm for the gradient clipping"""
-    target_kl: float | None = None
-    """the target KL divergence threshold"""
+    env_id: str = "HalfCheetah-v4"  # the id of the environment
+    total_timesteps: int = 1000000  # total timesteps of the experiments, rounded down to whole iterations
+    learning_rate: float = 3e-4  # the learning rate of the optimizer
+    num_envs: int = 1  # the number of parallel game environments
+    num_steps: int = 2048  # the number of steps to run in each environment per policy rollout
+    anneal_lr: bool = True  # Toggle learning rate annealing for policy and value networks
+    gamma: float = 0.99  # the discount factor gamma
+    gae_lambda: float = 0.95  # the lambda for the general advantage estimation
+    num_minibatches: int = 32  # the number of mini-batches
+    update_epochs: int = 10  # the number of epochs over the batch per update
+    norm_adv: bool = True  # Toggles advantages normalization
+    clip_coef: float = 0.2  # the surrogate clipping coefficient
+    clip_vloss: bool = True  # Toggles whether or not to use a clipped loss for the value function, as per the paper.
+    ent_coef: float = 0.0  # coefficient of the entropy
+    vf_coef: float = 0.5  # coefficient of the value function
+    max_grad_norm: float = 0.5  # the maximum norm for the gradient clipping
+    target_kl: float | None = None  # the target KL divergence threshold
 
     # to be filled in runtime
-    batch_size: int = field(default=0, init=False)
-    """the batch size (computed in runtime)"""
-    minibatch_size: int = field(default=0, init=False)
-    """the mini-batch size (computed in runtime)"""
-    num_iterations: int = field(default=0, init=False)
-    """the number of iterations (computed in runtime)"""
-
-
-def fail(message: str) -> None:
-    """Stop with one line on stderr and a non-zero exit, no traceback."""
-    sys.exit(f"error: {message}")
+    batch_size: int = field(default=0, init=False)  # the batch size (computed in runtime)
+    minibatch_size: int = field(default=0, init=False)  # the mini-batch size (computed in runtime)
+    num_iterations: int = field(default=0, init=False)  # the number of iterations (computed in runtime)
 
 
 def check_args(args: Args) -> None:
-    """Derive the batch sizes and reject settings that cannot run."""
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if "/" in args.exp_name:
-        fail(
-            f"--exp-name {args.exp_name!r} contains '/'; it names the run directory and the saved model file, "
-            f"so use e.g. {args.exp_name.replace('/', '-')!r}"
-        )
-    args.batch_size = args.num_envs * args.num_steps
-    if args.batch_size % args.num_minibatches:
-        fail(
-            f"batch size {args.batch_size} (num-envs x num-steps) is not divisible by "
-            f"--num-minibatches {args.num_minibatches}; pick sizes that divide"
-        )
-    args.minibatch_size = args.batch_size // args.num_minibatches
-    args.num_iterations = args.total_timesteps // args.batch_size
-    if args.num_iterations < 1:
-        fail(f"--total-timesteps {args.total_timesteps} is smaller than one batch of {args.batch_size} steps")
-    try:
-        gym.spec(args.env_id)
-    except gym.error.Error as e:
-        fail(f"unknown env id {args.env_id!r} ({e}); pass a registered Gymnasium id such as HalfCheetah-v4")
-
-
-def check_versions() -> None:
-    """Raise RuntimeError when the installed gymnasium or torch is older than this script needs (see the header)."""
-    if not hasattr(gym.vector, "AutoresetMode"):
-        raise RuntimeError(
-            f"gymnasium {gym.__version__} is too old: this script needs gymnasium >= 1.1 (gym.vector.AutoresetMode); "
-            "pip install -r requirements.txt"
-        )
-    if torch.__version__ < "2.4":
-        raise RuntimeError(
-            f"torch {torch.__version__} is too old: this script needs torch >= 2.4 (Adam's fused CPU kernel); "
-            "pip install -r requirements.txt"
-        )
+    """ValueError naming the first setting that cannot run, or the package that is too old."""
+    versions = [("gymnasium", gym.__version__, "1.1"), ("torch", torch.__version__, "2.4")]
+    checks = [
+        (TorchVersion(v) < need, f"{p} {v} is too old (< {need}): pip install -r requirements.txt")
+        for p, v, need in versions
+    ]
+    batch_size = args.num_envs * args.num_steps
+    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
+    checks += [(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts]
+    checks += [
+        ("/" in args.exp_name, f"--exp-name {args.exp_name!r} contains '/', but it names the run directory"),
+        (batch_size % max(args.num_minibatches, 1), f"--num-minibatches does not divide the {batch_size} steps"),
+        (args.total_timesteps < batch_size, f"--total-timesteps is less than one batch ({batch_size} steps)"),
+    ]
+    for bad, message in checks:
+        if bad:
+            raise ValueError(message)
 
 
 def route_mujoco_warnings() -> None:
-    """Send MuJoCo's warnings through Python's warnings, and so through the filters above, instead of MuJoCo's own
-    print and its MUJOCO_LOG.TXT in the working directory. MuJoCo loads the OpenGL library that MUJOCO_GL names when
-    it is imported, with or without --capture-video: raise RuntimeError when it cannot."""
+    """MuJoCo's warnings through Python's filters, not into MUJOCO_LOG.TXT; RuntimeError if MuJoCo cannot load."""
     try:
-        import mujoco
-    except ModuleNotFoundError:
-        return  # no MuJoCo: making a MuJoCo env says so
+        import mujoco  # loads the OpenGL library MUJOCO_GL names
     except Exception as e:
-        raise RuntimeError(
-            f"MuJoCo cannot load its OpenGL backend MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
-            f"({type(e).__name__}: {e}); use MUJOCO_GL=egl, which needs no display"
-        ) from e
+        raise RuntimeError(f"MuJoCo cannot load with MUJOCO_GL={os.environ['MUJOCO_GL']} (try egl): {e!r}") from e
     mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2))
 
 
 def check_rendering(env_id):
-    """Render one frame of a throwaway `env_id`, so that a --capture-video renderer that cannot work fails before
-    training; raise RuntimeError with the renderer's complaints (e.g. GLFW's missing display)."""
+    """Render a frame of a throwaway `env_id` before training; RuntimeError with the renderer's complaints."""
     env = gym.make(env_id, render_mode="rgb_array")
     try:
         with warnings.catch_warnings(record=True) as caught:
             env.reset(seed=0)
             env.render()
     except Exception as e:
-        complaints = [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
-        mujoco_env = hasattr(env.unwrapped, "mujoco_renderer")
-        backend = f" with MUJOCO_GL={os.environ.get('MUJOCO_GL')} (egl needs no display)" if mujoco_env else ""
-        raise RuntimeError(
-            f"cannot render {env_id!r} for --capture-video{backend}: "
-            + "; ".join([*dict.fromkeys(complaints), f"{type(e).__name__}: {e}"])
-        ) from e
+        complaints = dict.fromkeys(str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning))
+        where = f"cannot render {env_id!r} for --capture-video with MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
+        raise RuntimeError(f"{where}: " + "; ".join([*complaints, repr(e)])) from e
     finally:
         env.close()
 
@@ -180,10 +112,10 @@ def make_env(env_id, idx, capture_video, run_name, gamma):
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
             env = gym.make(env_id)
-        env = gym.wrappers.FlattenObservation(env)  # deal with dm_control's Dict observation space
-        env = gym.wrappers.RecordEpisodeStatistics(env)
         if not isinstance(env.action_space, gym.spaces.Box):
-            return env  # make_envs rejects it with a clear message
+            raise ValueError(f"{env_id} has {type(env.action_space).__name__} actions, not Box: use blpo_discrete.py")
+        env = gym.wrappers.FlattenObservation(env)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
         env = gym.wrappers.ClipAction(env)
         env = gym.wrappers.NormalizeObservation(env)
         env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10), env.observation_space)
@@ -195,27 +127,17 @@ def make_env(env_id, idx, capture_video, run_name, gamma):
 
 
 def make_envs(env_id, num_envs, capture_video, run_name, gamma):
-    """Vector env with same-step autoreset: a done step returns the next episode's first observation,
-    exactly as CleanRL's Gymnasium 0.29 scripts assume; the finished episode's statistics arrive in
-    `infos["final_info"]`. Raises ValueError when `env_id` cannot be made or does not fit this script,
-    RuntimeError when gymnasium or torch is too old or --capture-video cannot render."""
-    check_versions()
+    """The vector env, with same-step autoreset; ValueError for an env id that cannot be made or does not fit,
+    RuntimeError for a --capture-video renderer that cannot work."""
     try:
         if capture_video:
             check_rendering(env_id)
-        envs = gym.vector.SyncVectorEnv(
+        return gym.vector.SyncVectorEnv(
             [make_env(env_id, i, capture_video, run_name, gamma) for i in range(num_envs)],
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
         )
     except gym.error.Error as e:
         raise ValueError(f"cannot make {env_id!r}: {e}") from None
-    if not isinstance(envs.single_action_space, gym.spaces.Box):
-        envs.close()
-        raise ValueError(
-            f"{env_id} has a {type(envs.single_action_space).__name__} action space; "
-            "this script needs a continuous (Box) one (use blpo_discrete.py)"
-        )
-    return envs
 
 
 def finished_episodes(infos):
@@ -266,37 +188,27 @@ class Agent(nn.Module):
         return self.critic(x).squeeze(-1)
 
     def get_action_and_value(self, x, action=None):
-        action_mean = self.actor_mean(x)
-        action_logstd = self.actor_logstd.expand_as(action_mean)
+        mean = self.actor_mean(x)
+        logstd = self.actor_logstd.expand_as(mean)
         if action is None:
-            action = action_mean + action_logstd.exp() * torch.randn_like(action_mean)
-        return (
-            action,
-            gaussian_log_prob(action, action_mean, action_logstd),
-            gaussian_entropy(action_logstd),
-            self.get_value(x),
-        )
+            action = mean + logstd.exp() * torch.randn_like(mean)
+        return action, gaussian_log_prob(action, mean, logstd), gaussian_entropy(logstd), self.get_value(x)
+
+    def actor_parameters(self):
+        return [*self.actor_mean.parameters(), self.actor_logstd]
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
-    """Generalized advantage estimation over a (num_steps, num_envs) rollout.
-
-    dones[t] marks obs[t] as the first observation of a new episode, so step t bootstraps from
-    values[t + 1] only when dones[t + 1] is 0. Returns (advantages, returns = advantages + values).
-    The reverse loop runs in NumPy, whose per-step overhead on small arrays is a fraction of torch's.
-    """
+    """Generalized advantage estimation over a (num_steps, num_envs) rollout; dones[t] marks obs[t] as the first
+    observation of an episode. Returns (advantages, returns = advantages + values)."""
     r, v, d = (x.cpu().numpy() for x in (rewards, values, dones))
     next_value, next_done = next_value.cpu().numpy(), next_done.cpu().numpy()
     num_steps = r.shape[0]
     advantages = np.zeros_like(r)
     lastgaelam = 0
     for t in reversed(range(num_steps)):
-        if t == num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - d[t + 1]
-            nextvalues = v[t + 1]
+        nextnonterminal = 1.0 - (next_done if t == num_steps - 1 else d[t + 1])
+        nextvalues = next_value if t == num_steps - 1 else v[t + 1]
         delta = r[t] + gamma * nextvalues * nextnonterminal - v[t]
         advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
     advantages = torch.as_tensor(advantages, device=values.device)
@@ -313,17 +225,6 @@ class Batch(NamedTuple):
     advantages: torch.Tensor
     returns: torch.Tensor
     values: torch.Tensor
-
-
-class Losses(NamedTuple):
-    """What one minibatch update logs."""
-
-    v_loss: float
-    pg_loss: float
-    entropy_loss: float
-    old_approx_kl: float
-    approx_kl: float
-    clipfrac: float
 
 
 def clipped_surrogate(ratio, advantages, clip_coef):
@@ -345,8 +246,9 @@ def value_loss(newvalue, old_values, returns, clip_coef, clip_vloss):
 
 
 def update_minibatch(agent, optimizer, batch, mb_inds, args):
-    """One optimizer step of PPO's loss on the samples mb_inds of the batch."""
-    _, newlogprob, entropy, newvalue = agent.get_action_and_value(batch.obs[mb_inds], batch.actions[mb_inds])
+    """One optimizer step of PPO's loss on the samples mb_inds."""
+    mb_obs, mb_returns, mb_values = batch.obs[mb_inds], batch.returns[mb_inds], batch.values[mb_inds]
+    _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_obs, batch.actions[mb_inds])
     logratio = newlogprob - batch.logprobs[mb_inds]
     ratio = logratio.exp()
 
@@ -361,7 +263,7 @@ def update_minibatch(agent, optimizer, batch, mb_inds, args):
         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
     pg_loss = clipped_surrogate(ratio, mb_advantages, args.clip_coef)
-    v_loss = value_loss(newvalue, batch.values[mb_inds], batch.returns[mb_inds], args.clip_coef, args.clip_vloss)
+    v_loss = value_loss(newvalue, mb_values, mb_returns, args.clip_coef, args.clip_vloss)
     entropy_loss = entropy.mean()
     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
 
@@ -369,78 +271,42 @@ def update_minibatch(agent, optimizer, batch, mb_inds, args):
     loss.backward()
     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
     optimizer.step()
-    return Losses(*(t.item() for t in (v_loss, pg_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac)))
-
-
-def obs_normalizer(envs):
-    """The first env's NormalizeObservation wrapper, whose statistics belong to the trained policy."""
-    env = envs.envs[0]
-    while not isinstance(env, gym.wrappers.NormalizeObservation):
-        env = env.env
-    return env
+    losses = dict(value_loss=v_loss, policy_loss=pg_loss, entropy=entropy_loss)
+    losses |= dict(old_approx_kl=old_approx_kl, approx_kl=approx_kl, clipfrac=clipfrac)
+    return {name: t.item() for name, t in losses.items()}
 
 
 def save_model(path, agent, envs):
     """Weights plus the observation normalization statistics the policy was trained with."""
-    obs_rms = obs_normalizer(envs).obs_rms
-    torch.save(
-        {"agent": agent.state_dict(), "obs_rms": {"mean": obs_rms.mean, "var": obs_rms.var, "count": obs_rms.count}},
-        path,
-    )
+    torch.save({"agent": agent.state_dict(), "obs_rms": vars(envs.envs[0].get_wrapper_attr("obs_rms"))}, path)
 
 
-def load_checkpoint(model_path, device):
-    """The dict a --save-model run saved at `model_path`; ValueError if it is something else."""
-    checkpoint = torch.load(model_path, map_location=device, weights_only=False)
-    if not isinstance(checkpoint, dict) or "agent" not in checkpoint:
-        raise ValueError(f"{model_path} is not a checkpoint of --save-model: it has no 'agent' weights")
+def load_checkpoint(agent, model_path, env_id, device):
+    """Load a --save-model checkpoint into `agent` and return it; ValueError if it is none or does not fit."""
+    checkpoint, script = torch.load(model_path, map_location=device, weights_only=False), os.path.basename(__file__)
+    if not isinstance(checkpoint, dict) or not {"agent", "obs_rms"} <= checkpoint.keys():
+        raise ValueError(f"{model_path} is not a checkpoint of {script}'s --save-model (weights and obs statistics)")
+    try:
+        agent.load_state_dict(checkpoint["agent"])
+    except RuntimeError as e:  # PyTorch's message names every tensor that is missing, unexpected or resized
+        raise ValueError(
+            f"{model_path} does not fit {script}'s agent on {env_id}: {' '.join(str(e).split())}"
+        ) from None
     return checkpoint
 
 
-def load_weights(agent, weights, model_path, env_id):
-    """Load saved weights into `agent`; ValueError, naming what differs, if they belong to another network (another
-    script's checkpoint, or one trained on an env with other observation or action sizes)."""
-    expected = {name: tuple(t.shape) for name, t in agent.state_dict().items()}
-    saved = {name: tuple(t.shape) for name, t in weights.items()}
-    if saved != expected:
-        differences = {
-            "missing": [name for name in expected if name not in saved],
-            "unexpected": [name for name in saved if name not in expected],
-            "resized": [
-                f"{name} {saved[name]}" for name in expected if saved.get(name, expected[name]) != expected[name]
-            ],
-        }
-        listed = [
-            f"{kind} {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            for kind, names in differences.items()
-            if names
-        ]
-        raise ValueError(
-            f"{model_path} does not fit {os.path.basename(__file__)}'s agent on {env_id} (a checkpoint of another "
-            f"script or env?): {'; '.join(listed)}"
-        )
-    agent.load_state_dict(weights)
-
-
 def evaluate(model_path, env_id, eval_episodes=10, seed=1, gamma=0.99, deterministic=True, device="cpu"):
-    """Run a saved policy for `eval_episodes` episodes with frozen observation statistics; return the
-    undiscounted episodic returns. Raises ValueError for an env id that cannot be made or a checkpoint that
-    does not fit this script's agent on it."""
+    """The undiscounted returns of `eval_episodes` episodes of a saved policy, with its observation statistics
+    frozen. ValueError for an env id that cannot be made or a checkpoint that does not fit this script's agent."""
     envs = make_envs(env_id, 1, False, "eval", gamma)
     try:
-        checkpoint = load_checkpoint(model_path, device)
-        if "obs_rms" not in checkpoint:
-            raise ValueError(
-                f"{model_path} has no observation statistics ('obs_rms'), so it is not a checkpoint of "
-                f"{os.path.basename(__file__)}'s --save-model (blpo_discrete.py saves none)"
-            )
         agent = Agent(np.prod(envs.single_observation_space.shape), np.prod(envs.single_action_space.shape)).to(device)
-        load_weights(agent, checkpoint["agent"], model_path, env_id)
-        agent.eval()
-        normalizer = obs_normalizer(envs)
-        normalizer.update_running_mean = False
-        obs_rms = normalizer.obs_rms
-        obs_rms.mean, obs_rms.var, obs_rms.count = (checkpoint["obs_rms"][k] for k in ("mean", "var", "count"))
+        checkpoint = load_checkpoint(agent, model_path, env_id, device)
+        normalizer = envs.envs[0]
+        while not isinstance(normalizer, gym.wrappers.NormalizeObservation):
+            normalizer = normalizer.env
+        normalizer.update_running_mean = False  # the statistics the policy was trained with, frozen
+        vars(normalizer.obs_rms).update(checkpoint["obs_rms"])
         obs, _ = envs.reset(seed=seed)
         episodic_returns = []
         while len(episodic_returns) < eval_episodes:
@@ -456,19 +322,21 @@ def evaluate(model_path, env_id, eval_episodes=10, seed=1, gamma=0.99, determini
 
 if __name__ == "__main__":
     os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo's renderer for --capture-video, which needs no display
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws classic-control frames off-screen, quietly
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws classic-control frames off-screen
     args = tyro.cli(Args)
-    check_args(args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    try:
+    try:  # every check before the first step: one `error:` line, no traceback
+        check_args(args)
         route_mujoco_warnings()
         envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name, args.gamma)
-    except (ValueError, RuntimeError) as e:
-        fail(str(e))
-    try:  # now, so that saving the model cannot fail after training
-        os.makedirs(f"runs/{run_name}", exist_ok=True)
+        os.makedirs(f"runs/{run_name}", exist_ok=True)  # now, so that saving the model cannot fail after training
     except OSError as e:
-        fail(f"cannot create the run directory runs/{run_name}: {e.strerror}; run from a writable directory")
+        sys.exit(f"error: cannot create {e.filename}: {e.strerror}")
+    except (ValueError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size
     if args.track:
         import wandb
 
@@ -495,9 +363,7 @@ if __name__ == "__main__":
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    obs_dim = np.prod(envs.single_observation_space.shape)
-    act_dim = np.prod(envs.single_action_space.shape)
-    agent = Agent(obs_dim, act_dim).to(device)
+    agent = Agent(np.prod(envs.single_observation_space.shape), np.prod(envs.single_action_space.shape)).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
 
     # ALGO Logic: Storage setup
@@ -511,16 +377,14 @@ if __name__ == "__main__":
     # TRY NOT TO MODIFY: start the game
     global_step = 0
     start_time = time.time()
-    recent_returns = deque(maxlen=20)
-    progress = tqdm(total=args.num_iterations * args.batch_size, unit="step", mininterval=1.0, dynamic_ncols=True)
-    interrupted = False
-    try:
-        next_obs, _ = envs.reset(seed=args.seed)
-        envs.action_space.seed(args.seed)
-        next_obs = torch.Tensor(next_obs).to(device)
-        next_done = torch.zeros(args.num_envs).to(device)
-
-        for iteration in range(1, args.num_iterations + 1):
+    next_obs, _ = envs.reset(seed=args.seed)
+    envs.action_space.seed(args.seed)
+    next_obs = torch.Tensor(next_obs).to(device)
+    next_done = torch.zeros(args.num_envs).to(device)
+    recent_returns = deque(maxlen=20)  # for the progress bar
+    progress = tqdm(range(1, args.num_iterations + 1), unit="step", unit_scale=args.batch_size, dynamic_ncols=True)
+    try:  # Ctrl-C ends the training: the model is saved as it is and the events are closed below
+        for iteration in progress:
             # Annealing the rate if instructed to do so.
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
@@ -554,19 +418,12 @@ if __name__ == "__main__":
             # 2. Advantages: GAE(gamma, lambda) with the rollout's values, bootstrapped from the last observation
             with torch.no_grad():
                 next_value = agent.get_value(next_obs)
-                advantages, returns = compute_gae(
-                    rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
-                )
+            advantages, returns = compute_gae(
+                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
+            )
 
             # flatten the batch
-            batch = Batch(
-                obs=obs.reshape((-1,) + envs.single_observation_space.shape),
-                actions=actions.reshape((-1,) + envs.single_action_space.shape),
-                logprobs=logprobs.reshape(-1),
-                advantages=advantages.reshape(-1),
-                returns=returns.reshape(-1),
-                values=values.reshape(-1),
-            )
+            batch = Batch(*[t.flatten(0, 1) for t in (obs, actions, logprobs, advantages, returns, values)])
 
             # 3. Update: update_epochs passes of clipped-surrogate minibatch steps
             b_inds = np.arange(args.batch_size)
@@ -574,11 +431,11 @@ if __name__ == "__main__":
             for epoch in range(args.update_epochs):
                 np.random.shuffle(b_inds)
                 for start in range(0, args.batch_size, args.minibatch_size):
-                    end = start + args.minibatch_size
-                    losses = update_minibatch(agent, optimizer, batch, b_inds[start:end], args)
-                    clipfracs.append(losses.clipfrac)
+                    mb_inds = b_inds[start : start + args.minibatch_size]
+                    losses = update_minibatch(agent, optimizer, batch, mb_inds, args)
+                    clipfracs.append(losses["clipfrac"])
 
-                if args.target_kl is not None and losses.approx_kl > args.target_kl:
+                if args.target_kl is not None and losses["approx_kl"] > args.target_kl:
                     break
 
             y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
@@ -588,44 +445,29 @@ if __name__ == "__main__":
             # 4. Logging
             sps = int(global_step / (time.time() - start_time))
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            writer.add_scalar("losses/value_loss", losses.v_loss, global_step)
-            writer.add_scalar("losses/policy_loss", losses.pg_loss, global_step)
-            writer.add_scalar("losses/entropy", losses.entropy_loss, global_step)
-            writer.add_scalar("losses/old_approx_kl", losses.old_approx_kl, global_step)
-            writer.add_scalar("losses/approx_kl", losses.approx_kl, global_step)
-            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-            writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
-            progress.update(args.batch_size)
-            progress.set_postfix(
-                SPS=sps, ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-", refresh=False
-            )
-    except KeyboardInterrupt:  # Ctrl-C: keep what there is, below
+            losses |= {"clipfrac": np.mean(clipfracs), "explained_variance": explained_var}
+            for name, value in losses.items():
+                writer.add_scalar(f"losses/{name}", value, global_step)
+            progress.set_postfix(SPS=sps, ret=np.mean(recent_returns) if recent_returns else np.nan, refresh=False)
+        interrupted = False
+    except KeyboardInterrupt:
         interrupted = True
 
-    # The end, of a finished or an interrupted run: the model as it is, evaluated if finished; complete events
-    progress.close()
-    if interrupted:
-        print(
-            f"interrupted at step {global_step} of {progress.total}; its events are in runs/{run_name}", file=sys.stderr
-        )
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
         save_model(model_path, agent, envs)
         print(f"model saved to {model_path}")
     envs.close()
-    if args.save_model and not interrupted:
-        try:
-            returns = evaluate(
-                model_path, args.env_id, eval_episodes=10, seed=args.seed, gamma=args.gamma, device=device
-            )
-        except KeyboardInterrupt:
-            interrupted = True
-            print("interrupted during the evaluation; stopping", file=sys.stderr)
-        else:
+    try:  # evaluate a finished run's model; Ctrl-C skips it
+        if args.save_model and not interrupted:
+            returns = evaluate(model_path, args.env_id, seed=args.seed, gamma=args.gamma, device=device)
             print(f"evaluation: mean return {np.mean(returns):.2f} over {len(returns)} episodes")
             for idx, episodic_return in enumerate(returns):
                 writer.add_scalar("eval/episodic_return", episodic_return, idx)
+    except KeyboardInterrupt:
+        interrupted = True
     writer.close()
     if interrupted:
+        print(f"interrupted at step {global_step} of {args.num_iterations * args.batch_size}", file=sys.stderr)
         sys.exit(130)

@@ -76,8 +76,7 @@ def main():
         groups = [{"params": agent.actor_parameters()}, {"params": list(agent.critic.parameters())}]
         optimizer = torch.optim.Adam(groups, lr=3e-4, eps=1e-5, fused=True)
         discount = blpo.gae_discount_matrix(extra["dones"], extra["next_done"], args.gamma, args.gae_lambda)
-        adv = flat["advantages"]
-        batch = blpo.Batch(**flat, adv_mean=adv.mean(), adv_std=adv.std(), **extra, discount=discount)
+        batch = blpo.Batch(**flat, **extra, discount=discount)
         critic_fn, generator, stats = (
             blpo.functional_critic(agent.critic),
             torch.Generator().manual_seed(1),

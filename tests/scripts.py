@@ -10,23 +10,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from conftest import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT_TIMEOUT = 600  # seconds; a hung run (e.g. wandb waiting on a network) fails instead of blocking
-CLEANRL_TAGS = [
-    "charts/episodic_return",
-    "charts/episodic_length",
-    "charts/learning_rate",
-    "charts/SPS",
-    "losses/value_loss",
-    "losses/policy_loss",
-    "losses/entropy",
-    "losses/old_approx_kl",
-    "losses/approx_kl",
-    "losses/clipfrac",
-    "losses/explained_variance",
-]
 
 
 def only_run_dir(cwd: Path) -> Path:

@@ -9,29 +9,19 @@ main loop decides: the batch it builds, the generator it seeds, how often it cal
 """
 
 import copy
-import importlib
 import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import BLPO_SCRIPTS, TINY
 from scripts import read_scalars
 
 from benchmark.in_process import load_script, run_main
 
-SCRIPTS = ["blpo_discrete", "blpo_continuous"]
 NUM_STEPS, NUM_ENVS, OBS_DIM, NUM_ACTIONS = 12, 2, 3, 2
 MB_INDS = np.array([0, 3, 4, 9, 13, 17, 22, 23])
 LR_ACTOR, LR_CRITIC = 0.05, 0.1
-
-
-@pytest.fixture(params=SCRIPTS)
-def blpo(request):
-    """The script's module, with float64 as the default dtype so that the comparisons can be tight."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield importlib.import_module(request.param)
-    torch.set_default_dtype(previous)
 
 
 def is_discrete(blpo) -> bool:
@@ -70,8 +60,6 @@ def make_problem(blpo, seed=0):
         advantages=advantages,
         returns=2.0 * torch.randn(NUM_STEPS * NUM_ENVS, generator=gen),
         values=torch.randn(NUM_STEPS * NUM_ENVS, generator=gen),
-        adv_mean=advantages.mean(),
-        adv_std=advantages.std(),
         states=torch.cat([obs, next_obs[None]]),
         rewards=rewards,
         dones=dones,
@@ -254,8 +242,8 @@ def test_update_is_the_bilevel_step(blpo, case):
     expected = copy.deepcopy(agent)
     losses, stats = script_update(blpo, agent, batch, args)
     pg_loss, v_loss, _, _ = reference_update(expected, batch, args)
-    assert losses.pg_loss == pytest.approx(pg_loss, rel=1e-9)
-    assert losses.v_loss == pytest.approx(v_loss, rel=1e-9)
+    assert losses["policy_loss"] == pytest.approx(pg_loss, rel=1e-9)
+    assert losses["value_loss"] == pytest.approx(v_loss, rel=1e-9)
     assert_same_parameters(agent, expected)
     if args.hypergrad:
         assert stats.updates == 1 and stats.fallbacks == 0
@@ -430,18 +418,8 @@ def test_ihvp_check_leaves_the_update_alone(blpo):
 # Whole runs, in-process: what the main loop decides
 # ---------------------------------------------------------------------------------------------------------------
 
-TINY_RUN = {
-    "blpo_discrete": ["--env-id", "CartPole-v1", "--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4"],
-    "blpo_continuous": ["--env-id", "Hopper-v4", "--num-envs", "1", "--num-steps", "128", "--num-minibatches", "4"],
-}
-TINY_STEPS = {"blpo_discrete": 256, "blpo_continuous": 256}  # two iterations
 
-
-def tiny_argv(script, *extra):
-    return [*TINY_RUN[script], "--total-timesteps", str(TINY_STEPS[script]), "--update-epochs", "2", *extra]
-
-
-@pytest.fixture(params=SCRIPTS)
+@pytest.fixture(params=BLPO_SCRIPTS)
 def script(request):
     return request.param
 
@@ -465,9 +443,9 @@ def test_run_builds_the_batch_and_calls_the_update_as_specified(script, tmp_path
 
     monkeypatch.setattr(module, "update_minibatch", recording_update)
     monkeypatch.setattr(module, "gaussian_sketch", recording_sketch)
-    run_main(module, tiny_argv(script, "--ihvp", "nystrom", "--seed", "3"), tmp_path)
+    run_main(module, TINY[script].argv("--ihvp", "nystrom", "--seed", "3"), tmp_path)
 
-    iterations, epochs, minibatches = 2, 2, 4
+    iterations, epochs, minibatches = TINY[script].ITERATIONS, TINY[script].EPOCHS, TINY[script].MINIBATCHES
     assert len(calls) == iterations * epochs * minibatches
     for i in range(0, len(calls), minibatches):
         group = np.concatenate([inds for _, inds, _ in calls[i : i + minibatches]])
@@ -494,7 +472,8 @@ def test_run_builds_the_batch_and_calls_the_update_as_specified(script, tmp_path
 
 def test_run_takes_k_critic_steps_per_minibatch(script, tmp_path, monkeypatch):
     """Every optimizer step of a whole run: K per minibatch update, the last of each with the actor's gradient,
-    both learning rates annealed together (1, then 1/2 of their initial values over two iterations)."""
+    both learning rates annealed together (1, then 1/2 of their initial values over two iterations), CleanRL's
+    --learning-rate the actor's."""
     module = load_script(script)
     steps, rates = [], []
     adam = module.optim.Adam
@@ -506,9 +485,11 @@ def test_run_takes_k_critic_steps_per_minibatch(script, tmp_path, monkeypatch):
             return super().step(closure)
 
     monkeypatch.setattr(module.optim, "Adam", CountingAdam)
-    rate_flags = ["--actor-lr", "0.004", "--critic-lr", "0.002"]
-    run_main(module, tiny_argv(script, "--nested-updates", "3", *rate_flags), tmp_path)
-    updates = 2 * 2 * 4
+    rate_flags = ["--learning-rate", "0.004", "--critic-lr", "0.002"]
+    run_main(module, TINY[script].argv("--nested-updates", "3", *rate_flags), tmp_path)
+    actor_group, actor = module.optimizer.param_groups[0]["params"], module.agent.actor_parameters()
+    assert len(actor_group) == len(actor) and all(p is q for p, q in zip(actor_group, actor))
+    updates = TINY[script].ITERATIONS * TINY[script].EPOCHS * TINY[script].MINIBATCHES
     assert len(steps) == 3 * updates
     assert steps == [False, False, True] * updates  # the actor's group has a gradient only at the joint step
     half = len(rates) // 2
@@ -525,7 +506,7 @@ def test_bound_zero_run_equals_no_hypergrad_run(script, tmp_path):
     """A whole run with beta = 0 logs the numbers of a --no-hypergrad run and ends with the same weights."""
     runs = {
         name: scalars_and_weights(
-            run_main(load_script(script), tiny_argv(script, *flags, "--save-model"), tmp_path / name)
+            run_main(load_script(script), TINY[script].argv(*flags, "--save-model"), tmp_path / name)
         )
         for name, flags in {"bound0": ["--hypergrad-bound", "0"], "direct": ["--no-hypergrad"]}.items()
     }
@@ -551,3 +532,107 @@ def test_ppo_variant_is_ppo(tmp_path):
             assert ppo[tag] == blpo[tag], tag
     assert ppo_weights.keys() == blpo_weights.keys()
     assert all(torch.equal(ppo_weights[key], tensor) for key, tensor in blpo_weights.items())
+
+
+class CleanRLAgent(torch.nn.Module):
+    """CleanRL ppo.py's Agent, transcribed but for its initialization: the test loads the script's weights into it."""
+
+    def __init__(self, envs_obs_dim, num_actions):
+        super().__init__()
+        self.critic = torch.nn.Sequential(
+            torch.nn.Linear(envs_obs_dim, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 1),
+        )
+        self.actor = torch.nn.Sequential(
+            torch.nn.Linear(envs_obs_dim, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, num_actions),
+        )
+
+    def get_action_and_value(self, x, action=None):
+        logits = self.actor(x)
+        probs = torch.distributions.Categorical(logits=logits)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(x)
+
+
+def cleanrl_ppo_minibatch(
+    agent, optimizer, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, mb_inds, args
+):
+    """One minibatch of CleanRL ppo.py's update loop, transcribed; returns its losses."""
+    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions.long()[mb_inds])
+    logratio = newlogprob - b_logprobs[mb_inds]
+    ratio = logratio.exp()
+
+    mb_advantages = b_advantages[mb_inds]
+    if args.norm_adv:
+        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+    # Policy loss
+    pg_loss1 = -mb_advantages * ratio
+    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+    # Value loss
+    newvalue = newvalue.view(-1)
+    if args.clip_vloss:
+        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+        v_clipped = b_values[mb_inds] + torch.clamp(
+            newvalue - b_values[mb_inds],
+            -args.clip_coef,
+            args.clip_coef,
+        )
+        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+        v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+        v_loss = 0.5 * v_loss_max.mean()
+    else:
+        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return pg_loss.item(), v_loss.item()
+
+
+@pytest.mark.parametrize("clip_vloss", [True, False])
+def test_ppo_variant_of_blpo_discrete_is_cleanrl_ppo(clip_vloss):
+    """blpo_discrete.py --nested-updates 1 --no-hypergrad, its optimizer built as its main block builds it (one fused
+    Adam, the actor's and the critic's group at CleanRL's learning rate), against a transcription of CleanRL ppo.py's
+    agent and minibatch loop with its Adam, fused (CleanRL's default for-loop Adam rounds the last bit differently):
+    four minibatch updates from the same weights give the same losses and the same weights, bit for bit."""
+    module = load_script("blpo_discrete")
+    args = module.Args(nested_updates=1, hypergrad=False, clip_vloss=clip_vloss)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    agent = module.Agent(4, 2)
+    reference = CleanRLAgent(4, 2)
+    reference.load_state_dict(agent.state_dict())
+    n = 128
+    obs, actions = torch.randn(n, 4, generator=gen), torch.randint(0, 2, (n,), generator=gen).float()
+    with torch.no_grad():
+        logprobs = agent.get_action_and_value(obs + 0.1, actions.long())[1]
+    advantages, returns, values = (torch.randn(n, generator=gen) for _ in range(3))
+    batch = module.Batch(obs, actions, logprobs, advantages, returns, values, None, None, None, None, None)
+    param_groups = [{"params": agent.actor_parameters(), "lr": args.learning_rate}]  # as the main block does
+    param_groups.append({"params": list(agent.critic.parameters()), "lr": args.critic_lr})
+    optimizer = torch.optim.Adam(param_groups, eps=1e-5, fused=True)
+    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=2.5e-4, eps=1e-5, fused=True)
+    b_inds = np.random.default_rng(0).permutation(n)
+    for start in range(0, n, 32):
+        mb_inds = b_inds[start : start + 32]
+        losses = module.update_minibatch(agent, optimizer, None, batch, mb_inds, args, None, None)
+        expected = cleanrl_ppo_minibatch(
+            reference, reference_optimizer, obs, actions, logprobs, advantages, returns, values, mb_inds, args
+        )
+        assert (losses["policy_loss"], losses["value_loss"]) == expected
+    assert all(torch.equal(p, q) for p, q in zip(agent.state_dict().values(), reference.state_dict().values()))

@@ -4,21 +4,21 @@ whose model makes MuJoCo warn that `settotalmass` is deprecated: the scripts sil
 MUJOCO_LOG.TXT out of the working directory."""
 
 import pytest
+from conftest import TINY
 from scripts import run_scripts
 
+ONE_ITERATION = {script: ["--total-timesteps", str(TINY[script].batch), "--capture-video"] for script in TINY}
 RUNS = {
-    "ppo_continuous": "ppo_continuous.py --env-id HalfCheetah-v4 --total-timesteps 64".split(),
-    "blpo_discrete": "blpo_discrete.py --env-id CartPole-v1 --num-envs 2 --total-timesteps 128".split(),
+    "ppo_continuous": TINY["ppo_continuous"].command("ppo_continuous", "--env-id", "HalfCheetah-v4"),
+    "blpo_discrete": TINY["blpo_discrete"].command("blpo_discrete"),
 }
-QUICK = "--num-steps 64 --num-minibatches 2 --update-epochs 1 --capture-video".split()
 
 
 @pytest.fixture(scope="module")
 def video_runs(tmp_path_factory):
     """Both runs, started concurrently once for the module."""
-    return run_scripts(
-        tmp_path_factory.mktemp("video_runs"), {name: [*command, *QUICK] for name, command in RUNS.items()}
-    )
+    commands = {name: [*command, *ONE_ITERATION[name]] for name, command in RUNS.items()}
+    return run_scripts(tmp_path_factory.mktemp("video_runs"), commands)
 
 
 @pytest.mark.parametrize("script", RUNS)

@@ -5,13 +5,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from benchmark import profile_stages
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("script", ["blpo_discrete.py", "blpo_continuous.py", "ppo_continuous.py"])
