@@ -762,5 +762,6 @@ if __name__ == "__main__":
         interrupted = True
     writer.close()
     if interrupted:
-        print(f"interrupted at step {global_step} of {args.num_iterations * args.batch_size}", file=sys.stderr)
+        total = args.num_iterations * args.batch_size
+        print(f"interrupted at step {global_step} of {total}; its events are in runs/{run_name}", file=sys.stderr)
         sys.exit(130)
