@@ -64,8 +64,9 @@ class Args:
     # BLPO specific arguments
     nested_updates: int = 3  # K: critic steps per minibatch, K - 1 alone, the last with the actor's (1 is PPO)
     hypergrad: bool = True  # follow the hypergradient h = g - c; --no-hypergrad follows the direct gradient g
-    # solver of x = (H + rho I)^-1 v: conjugate gradient, stabilized Nystrom, the paper's Nystrom, or a dense solve
-    ihvp: Literal["cg", "nystrom", "nystrom-paper", "exact"] = "cg"
+    # solver of x = (H + rho I)^-1 v: conjugate gradient, stabilized Nystrom, the paper's Nystrom, a dense solve, or the
+    # exact solve with H's Gauss-Newton part, which every solver falls back to where it fails (H + rho I indefinite)
+    ihvp: Literal["cg", "nystrom", "nystrom-paper", "exact", "gauss-newton"] = "cg"
     ihvp_rank: int = 5  # k: the solver's Hessian-vector products (CG iterations, or Nystrom's sketch size)
     ihvp_rho: float = 50.0  # rho: regularizer of the inverse Hessian
     hypergrad_bound: float = 1.4  # beta: the correction's norm is capped at beta times the direct gradient's
@@ -415,6 +416,27 @@ def exact_ihvp(hvp, v, rho):
     return torch.linalg.solve(regularized, v.double()).to(v.dtype)
 
 
+def critic_jacobian(critic_fn, w, obs):
+    """J = dV_w(obs) / dw, (B, d): the critic's Jacobian at the minibatch's B states."""
+    return torch.func.jacrev(lambda w_: critic_fn(w_, obs))(w.detach())
+
+
+def gauss_newton_ihvp(jac, v, rho):
+    """x = (G + rho I)^-1 v exactly, G = (2/B) J^T J the Gauss-Newton part of H: H adds (2/B) sum_i (V(s_i) - G_i)
+    d^2 V(s_i) / dw^2, the only source of negative eigenvalues, so G + rho I >= rho I. Woodbury on G's rank B, in
+    float64: x = (v - J^T (rho B / 2 I + J J^T)^-1 J v) / rho."""
+    j, v64 = jac.double(), v.double()
+    inner = (rho * j.shape[0] / 2) * torch.eye(j.shape[0], dtype=j.dtype, device=j.device) + j @ j.T
+    return ((v64 - j.T @ torch.linalg.solve(inner, j @ v64)) / rho).to(v.dtype)
+
+
+def dense_gauss_newton_ihvp(jac, v, rho):
+    """(G + rho I)^-1 v by a dense float64 solve with G = (2/B) J^T J built explicitly: the check of the above."""
+    j = jac.double()
+    regularized = (2 / j.shape[0]) * j.T @ j + rho * torch.eye(j.shape[1], dtype=j.dtype, device=j.device)
+    return torch.linalg.solve(regularized, v.double()).to(v.dtype)
+
+
 def solve_ihvp(hvp, v, args, generator):
     """x with the chosen solver and k = ihvp_rank; the sketch or the coordinates are fresh from `generator`."""
     rho, rank, dim = args.ihvp_rho, args.ihvp_rank, v.numel()
@@ -476,6 +498,7 @@ class HypergradStats:
 
     def __init__(self, actor_tensors=()):
         self.actor_tensors, self.updates, self.fallbacks, self.values = actor_tensors, 0, 0, defaultdict(list)
+        self.gauss_newton = 0  # updates whose solver failed (H + rho I indefinite) and took the Gauss-Newton system
         self.sum_g = self.sum_applied = self.sum_applied_sq = 0.0
 
     def record(self, **values):
@@ -564,7 +587,11 @@ def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generato
         actor_params = agent.actor_parameters()
         g, v = flat(p.grad for p in actor_params), w.grad
         hvp = make_hvp(((critic_fn(w, mb_obs) - mb_returns) ** 2).mean(), w)  # u -> H u, L(w) = mean (V_w(s) - G)^2
-        x = solve_ihvp(hvp, v, args, generator)  # x ~ (H + rho I)^-1 v
+        x = None if args.ihvp == "gauss-newton" else solve_ihvp(hvp, v, args, generator)  # x ~ (H + rho I)^-1 v
+        gauss_newton = x is None or not torch.isfinite(x).all()  # chosen, or CG met H + rho I indefinite
+        if gauss_newton:  # x = (G + rho I)^-1 v, G the Gauss-Newton part of H
+            jacobian = critic_jacobian(critic_fn, w, mb_obs)
+            x = gauss_newton_ihvp(jacobian, v, args.ihvp_rho)
         c = correction(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params)  # c = (d^2 L / d theta d w) x
         c = -c if args.flip_mixed_sign else c
         applied = random_direction(c, generator) if args.correction == "random" else c
@@ -573,8 +600,10 @@ def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generato
 
         # the diagnostics; every ihvp_check_every-th update also c from the exact x
         stats.add(g, c, h, scale)
+        stats.gauss_newton += gauss_newton and args.ihvp != "gauss-newton"
         if args.ihvp_check_every and stats.updates % args.ihvp_check_every == 0 and not math.isnan(scale):
-            x_exact = exact_ihvp(hvp, v, args.ihvp_rho)
+            exact = dense_gauss_newton_ihvp(jacobian, v, args.ihvp_rho) if gauss_newton else None
+            x_exact = exact_ihvp(hvp, v, args.ihvp_rho) if exact is None else exact
             c_exact = correction(x_exact, ratio, critic_fn, w, mb_obs, mb_returns, actor_params)
             stats.add_check(c, -c_exact if args.flip_mixed_sign else c_exact)
 
@@ -773,7 +802,12 @@ if __name__ == "__main__":
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, global_step)
             if args.hypergrad:
-                scalars = {**stats.pop_means(), "nonfinite_fallbacks": stats.fallbacks, **stats.push()}
+                scalars = {
+                    **stats.pop_means(),
+                    "nonfinite_fallbacks": stats.fallbacks,
+                    "gauss_newton_fallbacks": stats.gauss_newton,
+                    **stats.push(),
+                }
                 for name, value in scalars.items():
                     writer.add_scalar(f"hypergrad/{name}", value, global_step)
             progress.set_postfix(SPS=sps, ret=np.mean(recent_returns) if recent_returns else np.nan, refresh=False)

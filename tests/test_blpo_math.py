@@ -356,3 +356,37 @@ def test_push_splits_the_runs_sums_by_tensor(blpo):
     assert push["push/a/ratio"] == pytest.approx(0.5) and push["push/a/cos_direct"] == pytest.approx(1.0)
     assert push["push/a/coherence"] == pytest.approx(2 / 2**0.5)  # a constant push: sqrt(updates)
     assert push["push/b/ratio"] == 0.0 and push["push/b/coherence"] == 0.0
+
+
+# --- The Gauss-Newton IHVP, every solver's fallback where H + rho I is indefinite ------------------------------
+
+
+def per_sample_jacobian(critic_fn, w, obs):
+    """J row by row, one backward pass per state: independent of the script's batched jacrev."""
+    w = w.detach().requires_grad_()
+    return torch.stack([torch.autograd.grad(critic_fn(w, obs[i : i + 1]).sum(), w)[0] for i in range(len(obs))])
+
+
+def test_gauss_newton_ihvp_is_the_dense_solve_of_the_gauss_newton_system(blpo):
+    """x = (G + rho I)^-1 v with G = (2/B) J^T J, against a dense solve with J built row by row; for a linear critic,
+    where G is the whole Hessian, against exact_ihvp."""
+    gen = torch.Generator().manual_seed(3)
+    obs, v = torch.randn(6, 3, generator=gen), torch.randn(21, generator=gen)
+    critic_fn = blpo.functional_critic(tiny_critic())
+    w = blpo.flat(tiny_critic().parameters())
+    jac = blpo.critic_jacobian(critic_fn, w, obs)
+    j = per_sample_jacobian(critic_fn, w, obs)
+    torch.testing.assert_close(jac, j)
+    dense = torch.linalg.solve(2 / 6 * j.T @ j + 0.3 * torch.eye(21), v)
+    torch.testing.assert_close(blpo.gauss_newton_ihvp(jac, v, 0.3), dense)
+    torch.testing.assert_close(blpo.dense_gauss_newton_ihvp(jac, v, 0.3), dense)
+
+    linear = nn.Linear(3, 1)
+    linear_fn, w_lin = blpo.functional_critic(linear), blpo.flat(linear.parameters())
+    returns = torch.randn(6, generator=gen)
+    w_var = w_lin.detach().requires_grad_()
+    hvp = blpo.make_hvp(critic_loss_fn(linear_fn, obs, returns)(w_var), w_var)
+    torch.testing.assert_close(
+        blpo.gauss_newton_ihvp(blpo.critic_jacobian(linear_fn, w_lin, obs), v[:4], 0.3),
+        blpo.exact_ihvp(hvp, v[:4], 0.3),
+    )

@@ -126,9 +126,11 @@ def clip_by_global_norm(grads, max_norm):
     return [g * scale for g in grads]
 
 
-def reference_update(agent, batch, args):
+def reference_update(agent, batch, args, gauss_newton=None):
     """The bilevel update of the paper on MB_INDS, applied to `agent` with SGD; returns (pg_loss, v_loss, g, c) with
-    c the correction before its size rule (None without the hypergradient)."""
+    c the correction before its size rule (None without the hypergradient). `gauss_newton` (default: with --ihvp
+    gauss-newton) solves with the Hessian's Gauss-Newton part (2/B) J^T J, J built row by row."""
+    gauss_newton = args.ihvp == "gauss-newton" if gauss_newton is None else gauss_newton
     mb = torch.as_tensor(MB_INDS)
     obs, returns, old_values = batch.obs[mb], batch.returns[mb], batch.values[mb]
     critic, actor = list(agent.critic.parameters()), agent.actor_parameters()
@@ -184,6 +186,12 @@ def reference_update(agent, batch, args):
             return ((value(unflatten(flat), obs) - returns) ** 2).mean()
 
         hessian = torch.func.hessian(critic_loss)(w_flat)
+        if gauss_newton:
+            w_gn = w_flat.clone().requires_grad_()
+            rows = torch.stack(
+                [torch.autograd.grad(value(unflatten(w_gn), obs[i : i + 1]).sum(), w_gn)[0] for i in range(len(obs))]
+            )
+            hessian = 2 / len(mb) * rows.T @ rows
         x = torch.linalg.solve(hessian + args.ihvp_rho * torch.eye(len(w_flat)), v)
         # c = grad_theta [ grad_w L(theta, w) . x ] with L(theta, w) = mean_i r_i(theta) (V_w(s_i) - G_i)^2
         w_var = w_flat.clone().requires_grad_()
@@ -347,10 +355,10 @@ def test_ihvp_check_is_right_in_every_mode_and_sign(blpo, correction, flip):
 
 
 def test_nonfinite_correction_falls_back_to_the_direct_step(blpo, monkeypatch):
-    """A solver that returns NaN: the update applies g, counts the fallback, and the weights stay finite."""
+    """A correction that comes out NaN: the update applies g, counts the fallback, and the weights stay finite."""
     agent, batch = make_problem(blpo)
     direct = copy.deepcopy(agent)
-    monkeypatch.setattr(blpo, "solve_ihvp", lambda hvp, v, args, generator: torch.full_like(v, float("nan")))
+    monkeypatch.setattr(blpo, "correction", lambda x, *rest: torch.full_like(blpo.flat(rest[-1]), float("nan")))
     _, stats = script_update(blpo, agent, batch, update_args(blpo))
     script_update(blpo, direct, batch, update_args(blpo, hypergrad=False))
     assert stats.fallbacks == 1 and stats.updates == 1
@@ -636,3 +644,21 @@ def test_ppo_variant_of_blpo_discrete_is_cleanrl_ppo(clip_vloss):
         )
         assert (losses["policy_loss"], losses["value_loss"]) == expected
     assert all(torch.equal(p, q) for p, q in zip(agent.state_dict().values(), reference.state_dict().values()))
+
+
+@pytest.mark.parametrize("ihvp", ["cg", "gauss-newton"])
+def test_indefinite_hessian_gets_the_gauss_newton_correction(blpo, ihvp):
+    """Returns far from the critic's values make H + rho I indefinite, and CG meets non-positive curvature there (it
+    falls back: counted). The update is the reference's with x = (G + rho I)^-1 v, G = (2/B) J^T J, finite, and the
+    IHVP check compares against the dense solve of that system; --ihvp gauss-newton takes it without falling back."""
+    agent, batch = make_problem(blpo)
+    batch = batch._replace(returns=60.0 * batch.returns)
+    args = update_args(blpo, ihvp=ihvp, ihvp_rho=0.5, ihvp_check_every=1)
+    expected = copy.deepcopy(agent)
+    losses, stats = script_update(blpo, agent, batch, args)
+    reference_update(expected, batch, args, gauss_newton=True)
+    assert stats.gauss_newton == (ihvp == "cg") and stats.fallbacks == 0
+    assert all(torch.isfinite(p).all() for p in agent.parameters())
+    assert_same_parameters(agent, expected)
+    means = stats.pop_means()
+    assert means["ihvp_error"] < 1e-9 and means["correction_ratio"] > 1e-3
