@@ -28,6 +28,8 @@ HELPERS = {
     "paper_nystrom_ihvp": "3c. solve",
     "cg_ihvp": "3c. solve",
     "exact_ihvp": "3c. solve",
+    "critic_jacobian": "3c. Gauss-Newton Jacobian",
+    "gauss_newton_ihvp": "3c. solve",
     "correction": "3c. mixed term",
 }
 """hypergradient helpers that name a finer stage than their step comment"""

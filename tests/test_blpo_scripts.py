@@ -20,6 +20,7 @@ HYPERGRAD_TAGS = [
     "hypergrad/bound_active_frac",
     "hypergrad/enlarged_frac",
     "hypergrad/nonfinite_fallbacks",
+    "hypergrad/gauss_newton_fallbacks",
 ]
 CHECK_TAGS = ["hypergrad/ihvp_error", "hypergrad/ihvp_cos"]
 # Full BLPO at its CartPole defaults for 50k steps: the mean of the last 20 returns was 447.9 (seed 1) and 385.9

@@ -21,7 +21,7 @@ def test_step_comments_in_paper_order(script):
 
 def test_profiled_run_reports_every_stage(tmp_path):
     command = [sys.executable, str(ROOT / "benchmark" / "profile_stages.py"), "blpo_discrete.py"]
-    command += ["--total-timesteps", "1024", "--num-minibatches", "2", "--update-epochs", "1"]
+    command += ["--total-timesteps", "1024", "--num-minibatches", "2", "--update-epochs", "1", "--ihvp", "cg"]
     result = subprocess.run(
         command, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300
     )
