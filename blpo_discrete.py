@@ -560,8 +560,10 @@ def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generato
         # 3c. Hypergradient h = g - (d^2 L / d theta d w) (H + rho I)^-1 v, H the Hessian of the critic's loss L(w)
         actor_params = agent.actor_parameters()
         g, v = flat(p.grad for p in actor_params), w.grad
-        hvp = make_hvp(((critic_fn(w, mb_obs) - mb_returns) ** 2).mean(), w)  # u -> H u, L(w) = mean (V_w(s) - G)^2
-        x = None if args.ihvp == "gauss-newton" else solve_ihvp(hvp, v, args, generator)  # x ~ (H + rho I)^-1 v
+        x = hvp = None  # hvp: u -> H u for L(w) = mean (V_w(s) - G)^2; x ~ (H + rho I)^-1 v
+        if args.ihvp != "gauss-newton":
+            hvp = make_hvp(((critic_fn(w, mb_obs) - mb_returns) ** 2).mean(), w)
+            x = solve_ihvp(hvp, v, args, generator)
         gauss_newton = x is None or not torch.isfinite(x).all()  # chosen, or CG met H + rho I indefinite
         if gauss_newton:  # x = (G + rho I)^-1 v, G the Gauss-Newton part of H
             jacobian = critic_jacobian(critic_fn, w, mb_obs)
