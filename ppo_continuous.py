@@ -127,17 +127,22 @@ def make_env(env_id, idx, capture_video, run_name, gamma):
 
 
 def make_envs(env_id, num_envs, capture_video, run_name, gamma):
-    """The vector env, with same-step autoreset; ValueError for an env id that cannot be made or does not fit,
-    RuntimeError for a --capture-video renderer that cannot work."""
+    """The vector env, with same-step autoreset and one set of normalization statistics, env 0's, that every env
+    updates in turn; ValueError for an env id that cannot be made or does not fit, RuntimeError for a
+    --capture-video renderer that cannot work."""
     try:
         if capture_video:
             check_rendering(env_id)
-        return gym.vector.SyncVectorEnv(
+        envs = gym.vector.SyncVectorEnv(
             [make_env(env_id, i, capture_video, run_name, gamma) for i in range(num_envs)],
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
         )
     except gym.error.Error as e:
         raise ValueError(f"cannot make {env_id!r}: {e}") from None
+    for env in envs.envs[1:]:  # each env keeps its own discounted return, not its own statistics
+        for name in ("obs_rms", "return_rms"):
+            env.set_wrapper_attr(name, envs.envs[0].get_wrapper_attr(name))
+    return envs
 
 
 def finished_episodes(infos):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import tyro
+from gymnasium.wrappers.utils import RunningMeanStd
 from conftest import BLPO_SCRIPTS, CLEANRL_TAGS, CONTINUOUS_SCRIPTS, SCRIPTS, TINY
 from scripts import (
     ScriptRuns,
@@ -160,14 +161,53 @@ def test_saved_model_evaluates_with_its_exact_weights(runs, script, monkeypatch)
 
 @pytest.mark.parametrize("script", CONTINUOUS_SCRIPTS)
 def test_saved_model_holds_the_observation_statistics(runs, script):
-    """A MuJoCo checkpoint also holds the first env's observation statistics, which every observation it emitted
-    updated: the first reset, each step, and the reset after each of its finished episodes (from a count of 1e-4)."""
+    """A MuJoCo checkpoint holds the observation statistics that every env's every observation updated: each env's
+    first reset, each step, and the reset after each finished episode (from a count of 1e-4)."""
     run_dir, tiny = runs[f"{script}/saved"].run_dir(), TINY[script]
     stats = torch.load(run_dir / f"{script}.pt", weights_only=False)["obs_rms"]
     assert stats["mean"].shape == stats["var"].shape == (11,) and np.all(stats["var"] > 0)
     episodes = len(read_scalars(run_dir)["charts/episodic_return"])  # of all envs
-    steps = tiny.ITERATIONS * tiny.num_steps
-    assert 1 + steps + 1 + 1e-4 <= stats["count"] <= 1 + steps + episodes + 1e-4
+    assert tiny.num_envs > 1 and episodes > 0
+    assert stats["count"] == pytest.approx(tiny.num_envs * (1 + tiny.ITERATIONS * tiny.num_steps) + episodes + 1e-4)
+
+
+@pytest.mark.parametrize("script", CONTINUOUS_SCRIPTS)
+def test_envs_share_one_set_of_normalization_statistics(script):
+    """Every env updates one set of statistics: they equal, bit for bit, those of one stream fed the raw observations
+    and the discounted returns of every env in step order (env by env; a finished episode's last observation, then
+    its reset's). Each env keeps its own discounted return, cut at terminations only, as NormalizeReward does."""
+    module, num_envs, gamma, rng = importlib.import_module(script), 3, 0.9, np.random.default_rng(0)
+    envs = module.make_envs("Hopper-v4", num_envs, False, "x", gamma)
+    raw = gym.vector.SyncVectorEnv(
+        [lambda: gym.make("Hopper-v4")] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    obs_stream = RunningMeanStd(shape=envs.single_observation_space.shape, dtype=np.float32)  # as NormalizeObservation
+    return_stream, discounted = RunningMeanStd(shape=()), np.zeros(num_envs)
+    envs.reset(seed=5)
+    for o in raw.reset(seed=5)[0]:
+        obs_stream.update(o[None])
+    finished = 0
+    for _ in range(200):
+        action = rng.uniform(-1, 1, size=(num_envs, 3)).astype(np.float32)  # in the box: ClipAction keeps it
+        envs.step(action)
+        obs, reward, terminated, truncated, infos = raw.step(action)
+        for i in range(num_envs):
+            done = terminated[i] or truncated[i]
+            obs_stream.update((infos["final_obs"][i] if done else obs[i])[None])
+            discounted[i] = discounted[i] * gamma * (1 - terminated[i]) + float(reward[i])
+            return_stream.update(np.array([discounted[i]]))
+            if done:
+                obs_stream.update(obs[i][None])
+                finished += 1
+    assert finished > num_envs  # the resets after finished episodes are in the stream
+    for name, stream in (("obs_rms", obs_stream), ("return_rms", return_stream)):
+        for env in envs.envs:
+            shared = env.get_wrapper_attr(name)
+            assert shared.count == stream.count, name
+            np.testing.assert_array_equal(shared.mean, stream.mean, err_msg=name)
+            np.testing.assert_array_equal(shared.var, stream.var, err_msg=name)
+    envs.close()
+    raw.close()
 
 
 @pytest.fixture(scope="module")
