@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import tyro
-from gymnasium.wrappers.utils import RunningMeanStd
 from conftest import BLPO_SCRIPTS, CLEANRL_TAGS, CONTINUOUS_SCRIPTS, SCRIPTS, TINY
+from gymnasium.wrappers.utils import RunningMeanStd
 from scripts import (
     ScriptRuns,
     assert_fails_with_one_error_line,
