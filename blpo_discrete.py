@@ -83,16 +83,14 @@ class Args:
 
 def check_args(args: Args) -> None:
     """ValueError naming the first setting that cannot run, or the package that is too old."""
-    versions = [("gymnasium", gym.__version__, "1.1"), ("torch", torch.__version__, "2.4")]
-    checks = [
-        (TorchVersion(v) < need, f"{p} {v} is too old (< {need}): pip install -r requirements.txt")
-        for p, v, need in versions
-    ]
-    batch_size = args.num_envs * args.num_steps
-    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
+    versions = [(m.__name__, m.__version__, need) for m, need in ((gym, "1.1"), (torch, "2.4"))]
+    too_old = [f"{name} {v} is too old (< {need})" for name, v, need in versions if TorchVersion(v) < need]
+    batch_size, counts = args.num_envs * args.num_steps, ["num_envs", "num_steps", "num_minibatches", "update_epochs"]
     counts += ["nested_updates", "ihvp_rank"]
-    checks += [(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts]
-    checks += [
+    for bad, message in [
+        (too_old, "; ".join(too_old) + ": pip install -r requirements.txt"),
+        (args.total_timesteps < 1, "--total-timesteps is less than 1"),
+        *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],
         ("/" in args.exp_name, f"--exp-name {args.exp_name!r} contains '/', but it names the run directory"),
         (batch_size % max(args.num_minibatches, 1), f"--num-minibatches does not divide the {batch_size} steps"),
         (args.total_timesteps < batch_size, f"--total-timesteps is less than one batch ({batch_size} steps)"),
@@ -100,24 +98,22 @@ def check_args(args: Args) -> None:
         (not args.hypergrad_bound >= 0, f"--hypergrad-bound must be non-negative, got {args.hypergrad_bound}"),
         (args.correction != "bounded" and math.isinf(args.hypergrad_bound), "--correction needs a finite beta"),
         (args.ihvp_check_every < 0, f"--ihvp-check-every must be 0 (off) or positive, got {args.ihvp_check_every}"),
-    ]
-    for bad, message in checks:
+    ]:
         if bad:
             raise ValueError(message)
 
 
 def check_rendering(env_id):
     """Render a frame of a throwaway `env_id` before training; RuntimeError with the renderer's complaints."""
-    env = gym.make(env_id, render_mode="rgb_array")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, gym.make(env_id, render_mode="rgb_array") as env:
+        try:
             env.reset(seed=0)
             env.render()
-    except Exception as e:
-        complaints = dict.fromkeys(str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning))
-        raise RuntimeError(f"cannot render {env_id!r} for --capture-video: " + "; ".join([*complaints, repr(e)])) from e
-    finally:
-        env.close()
+        except Exception as e:
+            complaints = [str(w.message) for w in caught if w.category is not DeprecationWarning] + [repr(e)]
+            raise RuntimeError(
+                f"cannot render {env_id!r} for --capture-video: {'; '.join(dict.fromkeys(complaints))}"
+            ) from e
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -215,8 +211,8 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
 
 
 class Batch(NamedTuple):
-    """A rollout flattened to (num_steps * num_envs, ...), step-major: sample i is step i // num_envs of env
-    i % num_envs. The last fields keep the rollout's shape, for recomputing A(w) from the critic."""
+    """A rollout flattened step-major: sample i is step i // num_envs of env i % num_envs.
+    The last fields keep the rollout's shape, for recomputing A(w) from the critic."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -595,27 +591,21 @@ def save_model(path, agent):
     torch.save({"agent": agent.state_dict()}, path)
 
 
-def load_checkpoint(agent, model_path, env_id, device):
-    """Load a --save-model checkpoint into `agent` and return it; ValueError if it is none or does not fit."""
-    checkpoint, script = torch.load(model_path, map_location=device, weights_only=False), os.path.basename(__file__)
-    if not isinstance(checkpoint, dict) or "agent" not in checkpoint:
-        raise ValueError(f"{model_path} is not a checkpoint of {script}'s --save-model (no weights)")
-    try:
-        agent.load_state_dict(checkpoint["agent"])
-    except RuntimeError as e:  # PyTorch's message names every tensor that is missing, unexpected or resized
-        raise ValueError(
-            f"{model_path} does not fit {script}'s agent on {env_id}: {' '.join(str(e).split())}"
-        ) from None
-    return checkpoint
-
-
 def evaluate(model_path, env_id, eval_episodes=10, seed=1, deterministic=True, device="cpu"):
     """The undiscounted returns of `eval_episodes` episodes of a saved policy. ValueError for an env id that cannot
     be made or a checkpoint that does not fit this script's agent."""
-    envs = make_envs(env_id, 1, False, "eval")
+    envs, script = make_envs(env_id, 1, False, "eval"), os.path.basename(__file__)
     try:
         agent = Agent(np.prod(envs.single_observation_space.shape), envs.single_action_space.n).to(device)
-        load_checkpoint(agent, model_path, env_id, device)
+        checkpoint = torch.load(model_path, map_location=device, weights_only=False)
+        if not isinstance(checkpoint, dict) or "agent" not in checkpoint:
+            raise ValueError(f"{model_path} is not a checkpoint of {script}'s --save-model")
+        try:
+            agent.load_state_dict(checkpoint["agent"])
+        except RuntimeError as e:  # PyTorch's message names every tensor that is missing, unexpected or resized
+            raise ValueError(
+                f"{model_path} does not fit {script}'s agent on {env_id}: {' '.join(str(e).split())}"
+            ) from None
         obs, _ = envs.reset(seed=seed)
         episodic_returns = []
         while len(episodic_returns) < eval_episodes:
@@ -686,10 +676,7 @@ if __name__ == "__main__":
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
-    logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    values = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    logprobs, rewards, dones, values = (torch.zeros((args.num_steps, args.num_envs)).to(device) for _ in range(4))
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -700,6 +687,7 @@ if __name__ == "__main__":
     next_done = torch.zeros(args.num_envs).to(device)
     recent_returns = deque(maxlen=20)  # for the progress bar
     progress = tqdm(range(1, args.num_iterations + 1), unit="step", unit_scale=args.batch_size, dynamic_ncols=True)
+    interrupted = False
     try:  # Ctrl-C ends the training: the model is saved as it is and the events are closed below
         for iteration in progress:
             # Annealing the rate if instructed to do so.
@@ -779,7 +767,6 @@ if __name__ == "__main__":
                 for name, value in scalars.items():
                     writer.add_scalar(f"hypergrad/{name}", value, global_step)
             progress.set_postfix(SPS=sps, ret=np.mean(recent_returns) if recent_returns else np.nan, refresh=False)
-        interrupted = False
     except KeyboardInterrupt:
         interrupted = True
 

@@ -63,20 +63,17 @@ class Args:
 
 def check_args(args: Args) -> None:
     """ValueError naming the first setting that cannot run, or the package that is too old."""
-    versions = [("gymnasium", gym.__version__, "1.1"), ("torch", torch.__version__, "2.4")]
-    checks = [
-        (TorchVersion(v) < need, f"{p} {v} is too old (< {need}): pip install -r requirements.txt")
-        for p, v, need in versions
-    ]
-    batch_size = args.num_envs * args.num_steps
-    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
-    checks += [(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts]
-    checks += [
+    versions = [(m.__name__, m.__version__, need) for m, need in ((gym, "1.1"), (torch, "2.4"))]
+    too_old = [f"{name} {v} is too old (< {need})" for name, v, need in versions if TorchVersion(v) < need]
+    batch_size, counts = args.num_envs * args.num_steps, ["num_envs", "num_steps", "num_minibatches", "update_epochs"]
+    for bad, message in [
+        (too_old, "; ".join(too_old) + ": pip install -r requirements.txt"),
+        (args.total_timesteps < 1, "--total-timesteps is less than 1"),
+        *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],
         ("/" in args.exp_name, f"--exp-name {args.exp_name!r} contains '/', but it names the run directory"),
         (batch_size % max(args.num_minibatches, 1), f"--num-minibatches does not divide the {batch_size} steps"),
         (args.total_timesteps < batch_size, f"--total-timesteps is less than one batch ({batch_size} steps)"),
-    ]
-    for bad, message in checks:
+    ]:
         if bad:
             raise ValueError(message)
 
@@ -92,17 +89,14 @@ def route_mujoco_warnings() -> None:
 
 def check_rendering(env_id):
     """Render a frame of a throwaway `env_id` before training; RuntimeError with the renderer's complaints."""
-    env = gym.make(env_id, render_mode="rgb_array")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, gym.make(env_id, render_mode="rgb_array") as env:
+        try:
             env.reset(seed=0)
             env.render()
-    except Exception as e:
-        complaints = dict.fromkeys(str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning))
-        where = f"cannot render {env_id!r} for --capture-video with MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
-        raise RuntimeError(f"{where}: " + "; ".join([*complaints, repr(e)])) from e
-    finally:
-        env.close()
+        except Exception as e:
+            complaints = [str(w.message) for w in caught if w.category is not DeprecationWarning] + [repr(e)]
+            where = f"cannot render {env_id!r} for --capture-video with MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
+            raise RuntimeError(f"{where}: {'; '.join(dict.fromkeys(complaints))}") from e
 
 
 def make_env(env_id, idx, capture_video, run_name, gamma):
@@ -199,9 +193,6 @@ class Agent(nn.Module):
             action = mean + logstd.exp() * torch.randn_like(mean)
         return action, gaussian_log_prob(action, mean, logstd), gaussian_entropy(logstd), self.get_value(x)
 
-    def actor_parameters(self):
-        return [*self.actor_mean.parameters(), self.actor_logstd]
-
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
     """Generalized advantage estimation over a (num_steps, num_envs) rollout; dones[t] marks obs[t] as the first
@@ -221,8 +212,7 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
 
 
 class Batch(NamedTuple):
-    """A rollout flattened to (num_steps * num_envs, ...), step-major: sample i is step i // num_envs of env
-    i % num_envs."""
+    """A rollout flattened step-major: sample i is step i // num_envs of env i % num_envs."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -286,27 +276,21 @@ def save_model(path, agent, envs):
     torch.save({"agent": agent.state_dict(), "obs_rms": vars(envs.envs[0].get_wrapper_attr("obs_rms"))}, path)
 
 
-def load_checkpoint(agent, model_path, env_id, device):
-    """Load a --save-model checkpoint into `agent` and return it; ValueError if it is none or does not fit."""
-    checkpoint, script = torch.load(model_path, map_location=device, weights_only=False), os.path.basename(__file__)
-    if not isinstance(checkpoint, dict) or not {"agent", "obs_rms"} <= checkpoint.keys():
-        raise ValueError(f"{model_path} is not a checkpoint of {script}'s --save-model (weights and obs statistics)")
-    try:
-        agent.load_state_dict(checkpoint["agent"])
-    except RuntimeError as e:  # PyTorch's message names every tensor that is missing, unexpected or resized
-        raise ValueError(
-            f"{model_path} does not fit {script}'s agent on {env_id}: {' '.join(str(e).split())}"
-        ) from None
-    return checkpoint
-
-
 def evaluate(model_path, env_id, eval_episodes=10, seed=1, gamma=0.99, deterministic=True, device="cpu"):
     """The undiscounted returns of `eval_episodes` episodes of a saved policy, with its observation statistics
     frozen. ValueError for an env id that cannot be made or a checkpoint that does not fit this script's agent."""
-    envs = make_envs(env_id, 1, False, "eval", gamma)
+    envs, script = make_envs(env_id, 1, False, "eval", gamma), os.path.basename(__file__)
     try:
         agent = Agent(np.prod(envs.single_observation_space.shape), np.prod(envs.single_action_space.shape)).to(device)
-        checkpoint = load_checkpoint(agent, model_path, env_id, device)
+        checkpoint = torch.load(model_path, map_location=device, weights_only=False)
+        if not isinstance(checkpoint, dict) or not {"agent", "obs_rms"} <= checkpoint.keys():
+            raise ValueError(f"{model_path} is not a checkpoint of {script}'s --save-model")
+        try:
+            agent.load_state_dict(checkpoint["agent"])
+        except RuntimeError as e:  # PyTorch's message names every tensor that is missing, unexpected or resized
+            raise ValueError(
+                f"{model_path} does not fit {script}'s agent on {env_id}: {' '.join(str(e).split())}"
+            ) from None
         normalizer = envs.envs[0]
         while not isinstance(normalizer, gym.wrappers.NormalizeObservation):
             normalizer = normalizer.env
@@ -327,7 +311,6 @@ def evaluate(model_path, env_id, eval_episodes=10, seed=1, gamma=0.99, determini
 
 if __name__ == "__main__":
     os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo's renderer for --capture-video, which needs no display
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws classic-control frames off-screen
     args = tyro.cli(Args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     try:  # every check before the first step: one `error:` line, no traceback
@@ -374,10 +357,7 @@ if __name__ == "__main__":
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
-    logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    values = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    logprobs, rewards, dones, values = (torch.zeros((args.num_steps, args.num_envs)).to(device) for _ in range(4))
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -388,6 +368,7 @@ if __name__ == "__main__":
     next_done = torch.zeros(args.num_envs).to(device)
     recent_returns = deque(maxlen=20)  # for the progress bar
     progress = tqdm(range(1, args.num_iterations + 1), unit="step", unit_scale=args.batch_size, dynamic_ncols=True)
+    interrupted = False
     try:  # Ctrl-C ends the training: the model is saved as it is and the events are closed below
         for iteration in progress:
             # Annealing the rate if instructed to do so.
@@ -455,7 +436,6 @@ if __name__ == "__main__":
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, global_step)
             progress.set_postfix(SPS=sps, ret=np.mean(recent_returns) if recent_returns else np.nan, refresh=False)
-        interrupted = False
     except KeyboardInterrupt:
         interrupted = True
 
