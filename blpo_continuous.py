@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.optim as optim
 import tyro
 from torch.torch_version import TorchVersion
@@ -284,13 +285,25 @@ def flat(tensors):
 
 
 def functional_critic(critic):
-    """critic_fn(w, obs) = critic(obs) with the parameters given as one flat vector w."""
-    names, shapes = zip(*[(name, p.shape) for name, p in critic.named_parameters()])
-    sizes = [shape.numel() for shape in shapes]
+    """critic_fn(w, obs) = critic(obs) for a Sequential of Linear and Tanh layers, with the parameters given as one
+    flat vector w; critic_fn(w, obs, x) = (critic(obs), grad_w V(obs) . x), the JVP carried forward layer by layer."""
+    shapes = [p.shape for p in critic.parameters()]
 
-    def critic_fn(w, obs):
-        params = {name: t.view(shape) for name, t, shape in zip(names, w.split(sizes), shapes)}
-        return torch.func.functional_call(critic, params, (obs,)).squeeze(-1)
+    def unflatten(v):
+        return iter([t.view(shape) for t, shape in zip(v.split([s.numel() for s in shapes]), shapes)])
+
+    def critic_fn(w, obs, x=None):
+        params, tangents, h, dh = unflatten(w), None if x is None else unflatten(x), obs, None
+        for layer in critic:
+            if isinstance(layer, nn.Linear):
+                weight, bias = next(params), next(params)
+                if x is not None:  # d(W h + b) = dW h + W dh + db
+                    dh = F.linear(h, next(tangents), next(tangents)) + (0 if dh is None else F.linear(dh, weight))
+                h = F.linear(h, weight, bias)
+            else:  # d tanh(z) = (1 - tanh(z)^2) dz
+                h = torch.tanh(h)
+                dh = None if dh is None else (1 - h**2) * dh
+        return h.squeeze(-1) if x is None else (h.squeeze(-1), dh.squeeze(-1))
 
     return critic_fn
 
@@ -459,7 +472,7 @@ def mixed_term(ratio, td_error, critic_jvp, actor_params):
 def correction(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params):
     """c = (d^2 L / d theta d w) x for L = mean (V_w(s) - G)^2 on the minibatch: u = grad_w V(s) . x by one critic
     JVP, delta = G - V(s), then the mixed term."""
-    values, u = torch.func.jvp(lambda w_: critic_fn(w_, mb_obs), (w.detach(),), (x,))
+    values, u = critic_fn(w.detach(), mb_obs, x)
     return mixed_term(ratio, mb_returns - values, u, actor_params)
 
 
@@ -488,7 +501,10 @@ def set_grads(params, vector):
 
 
 def cosine(a, b):
-    return ((a @ b) / max(a.norm() * b.norm(), 1e-12)).item()
+    """cos(a, b) in float64, exact for vectors of any size; 0 if either is zero."""
+    a, b = a.double(), b.double()
+    norms = a.norm() * b.norm()
+    return ((a @ b) / norms).item() if norms > 0 else 0.0
 
 
 class HypergradStats:

@@ -381,7 +381,7 @@ def test_gauss_newton_ihvp_is_the_dense_solve_of_the_gauss_newton_system(blpo):
     torch.testing.assert_close(blpo.gauss_newton_ihvp(jac, v, 0.3), dense)
     torch.testing.assert_close(blpo.dense_gauss_newton_ihvp(jac, v, 0.3), dense)
 
-    linear = nn.Linear(3, 1)
+    linear = nn.Sequential(nn.Linear(3, 1))
     linear_fn, w_lin = blpo.functional_critic(linear), blpo.flat(linear.parameters())
     returns = torch.randn(6, generator=gen)
     w_var = w_lin.detach().requires_grad_()
@@ -390,3 +390,11 @@ def test_gauss_newton_ihvp_is_the_dense_solve_of_the_gauss_newton_system(blpo):
         blpo.gauss_newton_ihvp(blpo.critic_jacobian(linear_fn, w_lin, obs), v[:4], 0.3),
         blpo.exact_ihvp(hvp, v[:4], 0.3),
     )
+
+
+def test_cosine_is_right_for_vectors_of_any_size(blpo):
+    """A correction a billion times smaller than the gradient still gets its true cosine; a zero vector gets 0."""
+    a, b = torch.tensor([3.0, 4.0], dtype=torch.float32), torch.tensor([4.0, 3.0], dtype=torch.float32)
+    assert blpo.cosine(a * 1e-10, b * 1e-9) == pytest.approx(24 / 25, rel=1e-6)
+    assert blpo.cosine(a * 1e10, -b) == pytest.approx(-24 / 25, rel=1e-6)
+    assert blpo.cosine(a, torch.zeros(2)) == 0.0
