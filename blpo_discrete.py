@@ -86,11 +86,11 @@ def check_args(args: Args) -> None:
     """ValueError naming the first setting that cannot run, or the package that is too old."""
     versions = [(m.__name__, m.__version__, need) for m, need in ((gym, "1.1"), (torch, "2.4"))]
     too_old = [f"{name} {v} is too old (< {need})" for name, v, need in versions if TorchVersion(v) < need]
-    batch_size, counts = args.num_envs * args.num_steps, ["num_envs", "num_steps", "num_minibatches", "update_epochs"]
+    batch_size = args.num_envs * args.num_steps
+    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
     counts += ["nested_updates", "ihvp_rank"]
     for bad, message in [
         (too_old, "; ".join(too_old) + ": pip install -r requirements.txt"),
-        (args.total_timesteps < 1, "--total-timesteps is less than 1"),
         *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],
         ("/" in args.exp_name, f"--exp-name {args.exp_name!r} contains '/', but it names the run directory"),
         (batch_size % max(args.num_minibatches, 1), f"--num-minibatches does not divide the {batch_size} steps"),
@@ -258,10 +258,13 @@ def flat(tensors):
 def functional_critic(critic):
     """critic_fn(w, obs) = critic(obs) for a Sequential of Linear and Tanh layers, with the parameters given as one
     flat vector w; critic_fn(w, obs, x) = (critic(obs), grad_w V(obs) . x), the JVP carried forward layer by layer."""
+    if not all(isinstance(layer, (nn.Linear, nn.Tanh)) for layer in critic):
+        raise TypeError(f"functional_critic runs Linear and Tanh layers only, not {critic}")
     shapes = [p.shape for p in critic.parameters()]
+    sizes = [shape.numel() for shape in shapes]
 
     def unflatten(v):
-        return iter([t.view(shape) for t, shape in zip(v.split([s.numel() for s in shapes]), shapes)])
+        return iter([t.view(shape) for t, shape in zip(v.split(sizes), shapes)])
 
     def critic_fn(w, obs, x=None):
         params, tangents, h, dh = unflatten(w), None if x is None else unflatten(x), obs, None

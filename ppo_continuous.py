@@ -65,10 +65,10 @@ def check_args(args: Args) -> None:
     """ValueError naming the first setting that cannot run, or the package that is too old."""
     versions = [(m.__name__, m.__version__, need) for m, need in ((gym, "1.1"), (torch, "2.4"))]
     too_old = [f"{name} {v} is too old (< {need})" for name, v, need in versions if TorchVersion(v) < need]
-    batch_size, counts = args.num_envs * args.num_steps, ["num_envs", "num_steps", "num_minibatches", "update_epochs"]
+    batch_size = args.num_envs * args.num_steps
+    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
     for bad, message in [
         (too_old, "; ".join(too_old) + ": pip install -r requirements.txt"),
-        (args.total_timesteps < 1, "--total-timesteps is less than 1"),
         *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],
         ("/" in args.exp_name, f"--exp-name {args.exp_name!r} contains '/', but it names the run directory"),
         (batch_size % max(args.num_minibatches, 1), f"--num-minibatches does not divide the {batch_size} steps"),

@@ -210,6 +210,27 @@ def test_functional_critic_matches_module(blpo):
     torch.testing.assert_close(blpo.functional_critic(critic)(w, obs), critic(obs).squeeze(-1))
 
 
+def test_functional_critic_jvp_matches_autograd(blpo):
+    """critic_fn(w, obs, x) = (V_w(obs), grad_w V_w(obs) . x), against torch.func.jvp of the module itself, for a
+    critic of two hidden layers as the scripts' (Linear, Tanh, Linear, Tanh, Linear); other layers are refused."""
+    torch.manual_seed(1)
+    critic = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1))
+    obs, names = torch.randn(7, 3), [name for name, _ in critic.named_parameters()]
+    w, x = blpo.flat(critic.parameters()).detach(), torch.randn(sum(p.numel() for p in critic.parameters()))
+    split = [p.numel() for p in critic.parameters()]
+
+    def module_values(flat_w):
+        params = {n: t.view_as(p) for n, t, p in zip(names, flat_w.split(split), critic.parameters())}
+        return torch.func.functional_call(critic, params, (obs,)).squeeze(-1)
+
+    values, u = blpo.functional_critic(critic)(w, obs, x)
+    expected_values, expected_u = torch.func.jvp(module_values, (w,), (x,))
+    torch.testing.assert_close(values, expected_values)
+    torch.testing.assert_close(u, expected_u)
+    with pytest.raises(TypeError, match="Linear and Tanh layers only"):
+        blpo.functional_critic(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))
+
+
 # --- Differentiable GAE -------------------------------------------------------------------------
 
 
