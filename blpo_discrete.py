@@ -316,15 +316,44 @@ def anchored_advantages(rollout_advantages, advantages_w):
     return rollout_advantages + (advantages_w - advantages_w.detach())
 
 
-def make_hvp(loss, w):
-    """u -> H u for the Hessian H of `loss` (computed from w with its graph) at w, by double backward through
-    one retained gradient graph. u is one vector (d,) or a batch of them (k, d)."""
-    (grad,) = torch.autograd.grad(loss, w, create_graph=True)
+def squared_error_hvp(critic, w, obs, targets):
+    """u -> H u for the Hessian H of L(w) = mean (V_w(obs) - targets)^2 at w, V_w the Sequential of Linear and Tanh
+    layers `critic` with flat weights w, by Pearlmutter's R-operator: the derivatives along u of the forward pass h
+    and of the backward pass delta = dL/dh, in closed form. u is one vector (d,) or a batch of them (k, d)."""
+    if not all(isinstance(layer, (nn.Linear, nn.Tanh)) for layer in critic):
+        raise TypeError(f"squared_error_hvp differentiates Linear and Tanh layers only, not {critic}")
+    shapes = [p.shape for p in critic.parameters()]
+    sizes = [shape.numel() for shape in shapes]
 
-    def hvp(u):
-        return torch.autograd.grad(grad, w, grad_outputs=u, retain_graph=True, is_grads_batched=u.dim() == 2)[0]
+    def layer_params(flat_w):  # (weight, bias) of each Linear, None for each Tanh
+        tensors = iter([t.view(shape) for t, shape in zip(flat_w.split(sizes), shapes)])
+        return [(next(tensors), next(tensors)) if isinstance(layer, nn.Linear) else None for layer in critic]
 
-    return hvp
+    params, hs = layer_params(w.detach()), [obs]
+    for p in params:  # hs[l] is layer l's input, hs[l + 1] its output
+        hs.append(torch.tanh(hs[-1]) if p is None else F.linear(hs[-1], *p))
+    deltas = [2 * (hs[-1] - targets[:, None]) / len(obs)]  # deltas[l] = dL/dhs[l + 1], from the last layer back
+    for l in reversed(range(1, len(params))):
+        deltas.insert(0, deltas[0] * (1 - hs[l + 1] ** 2) if params[l] is None else deltas[0] @ params[l][0])
+
+    def hvp_one(u):
+        tangents, r = layer_params(u), [torch.zeros_like(obs)]  # r[l] = R{hs[l]}, hs[l]'s derivative along u
+        for l, p in enumerate(params):
+            if p is None:  # R tanh(z) = (1 - tanh(z)^2) R z
+                r.append((1 - hs[l + 1] ** 2) * r[l])
+            else:  # R (W h + b) = dW h + db + W R h
+                r.append(F.linear(hs[l], *tangents[l]) + r[l] @ p[0].T)
+        products, r_delta = [], 2 * r[-1] / len(obs)  # r_delta = R{delta}, from the critic's output back
+        for l in reversed(range(len(params))):
+            if params[l] is None:  # delta_in = delta (1 - y^2), y = tanh's output
+                y = hs[l + 1]
+                r_delta = r_delta * (1 - y**2) - 2 * deltas[l] * y * r[l + 1]
+            else:  # dL/dW = delta^T h, dL/db = sum delta, delta_in = delta W
+                products[:0] = [r_delta.T @ hs[l] + deltas[l].T @ r[l], r_delta.sum(0)]
+                r_delta = r_delta @ params[l][0] + deltas[l] @ tangents[l][0]
+        return torch.cat([t.reshape(-1) for t in products])
+
+    return lambda u: torch.vmap(hvp_one)(u) if u.dim() == 2 else hvp_one(u)
 
 
 def hessian_rows(hvp, coords, dim):
@@ -577,7 +606,7 @@ def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generato
         g, v = flat(p.grad for p in actor_params), w.grad
         x = hvp = None  # hvp: u -> H u for L(w) = mean (V_w(s) - G)^2; x ~ (H + rho I)^-1 v
         if args.ihvp != "gauss-newton":
-            hvp = make_hvp(((critic_fn(w, mb_obs) - mb_returns) ** 2).mean(), w)
+            hvp = squared_error_hvp(agent.critic, w, mb_obs, mb_returns)
             x = solve_ihvp(hvp, v, args, generator)
         gauss_newton = x is None or not torch.isfinite(x).all()  # chosen, or CG met H + rho I indefinite
         if gauss_newton:  # x = (G + rho I)^-1 v, G the Gauss-Newton part of H

@@ -22,8 +22,8 @@ INTERVAL = 0.002
 """seconds between samples"""
 HELPERS = {
     "critic_advantages": "3b. A(w) from the critic pass",
-    "make_hvp": "3c. Hessian graph (double-backward setup)",
-    "hvp": "3c. Hessian-vector products",
+    "squared_error_hvp": "3c. Hessian setup (the critic's forward and backward pass)",
+    "hvp_one": "3c. Hessian-vector products",
     "nystrom_ihvp": "3c. solve",
     "paper_nystrom_ihvp": "3c. solve",
     "cg_ihvp": "3c. solve",
