@@ -4,7 +4,8 @@
 
 The rollout is 1 env x 2048 steps of random data (11 observations, 3 actions, a few episode ends); each variant
 runs `update_minibatch` of its script on 64-sample minibatches with the script's defaults otherwise, 10 warm-up
-calls, then the mean of 320 (one iteration's worth). This times the update alone: the rollout, whose cost is the
+calls, then the mean of 320 (one iteration's worth) in CPU time of this process (one thread: its wall-clock on a quiet
+machine, and unmoved by the runs sharing a loaded one). This times the update alone: the rollout, whose cost is the
 same for both scripts, is left out.
 """
 
@@ -54,10 +55,10 @@ def milliseconds(update) -> float:
     minibatches = [inds[i : i + MINIBATCH] for i in range(0, NUM_STEPS, MINIBATCH)]
     for i in range(10):
         update(minibatches[i])
-    start = time.perf_counter()
+    start = time.process_time()
     for i in range(CALLS):
         update(minibatches[i % len(minibatches)])
-    return 1000 * (time.perf_counter() - start) / CALLS
+    return 1000 * (time.process_time() - start) / CALLS
 
 
 def main():
