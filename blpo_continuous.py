@@ -226,8 +226,7 @@ class Agent(nn.Module):
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
     """Generalized advantage estimation over a (num_steps, num_envs) rollout; dones[t] marks obs[t] as the first
     observation of an episode. Returns (advantages, returns = advantages + values)."""
-    r, v, d = (x.cpu().numpy() for x in (rewards, values, dones))
-    next_value, next_done = next_value.cpu().numpy(), next_done.cpu().numpy()
+    r, v, d, next_value, next_done = (x.cpu().numpy() for x in (rewards, values, dones, next_value, next_done))
     num_steps = r.shape[0]
     advantages = np.zeros_like(r)
     lastgaelam = 0
@@ -284,29 +283,44 @@ def flat(tensors):
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def functional_critic(critic):
-    """critic_fn(w, obs) = critic(obs) for a Sequential of Linear and Tanh layers, with the parameters given as one
-    flat vector w; critic_fn(w, obs, x) = (critic(obs), grad_w V(obs) . x), the JVP carried forward layer by layer."""
+def critic_layers(critic, w):
+    """The Sequential of Linear and Tanh layers `critic` with its parameters taken from one flat vector w: a list with
+    (weight, bias) for each Linear and None for each Tanh; TypeError for any other layer."""
     if not all(isinstance(layer, (nn.Linear, nn.Tanh)) for layer in critic):
-        raise TypeError(f"functional_critic runs Linear and Tanh layers only, not {critic}")
-    shapes = [p.shape for p in critic.parameters()]
-    sizes = [shape.numel() for shape in shapes]
+        raise TypeError(f"the functional critic runs Linear and Tanh layers only, not {critic}")
+    params = list(critic.parameters())
+    tensors = iter([t.view(p.shape) for t, p in zip(w.split([p.numel() for p in params]), params)])
+    return [(next(tensors), next(tensors)) if isinstance(layer, nn.Linear) else None for layer in critic]
 
-    def unflatten(v):
-        return iter([t.view(shape) for t, shape in zip(v.split(sizes), shapes)])
+
+def critic_forward(layers, obs):
+    """hs with hs[l] the input of layer l and hs[-1] the critic's output, (B, 1)."""
+    hs = [obs]
+    for p in layers:
+        hs.append(torch.tanh(hs[-1]) if p is None else F.linear(hs[-1], *p))
+    return hs
+
+
+def critic_tangents(layers, hs, tangents):
+    """rs with rs[l] the derivative of hs[l] along a direction u of the weights, tangents = critic_layers(critic, u):
+    d(W h + b) = dW h + db + W dh and d tanh(z) = (1 - tanh(z)^2) dz, carried forward layer by layer."""
+    rs = [torch.zeros_like(hs[0])]
+    for l, p in enumerate(layers):
+        rs.append((1 - hs[l + 1] ** 2) * rs[l] if p is None else F.linear(hs[l], *tangents[l]) + F.linear(rs[l], p[0]))
+    return rs
+
+
+def functional_critic(critic):
+    """critic_fn(w, obs) = critic(obs) with the parameters given as one flat vector w; critic_fn(w, obs, x) =
+    (critic(obs), grad_w V(obs) . x), the JVP carried forward."""
+    critic_layers(critic, flat(critic.parameters()))  # TypeError now for a layer it cannot run
 
     def critic_fn(w, obs, x=None):
-        params, tangents, h, dh = unflatten(w), None if x is None else unflatten(x), obs, None
-        for layer in critic:
-            if isinstance(layer, nn.Linear):
-                weight, bias = next(params), next(params)
-                if x is not None:  # d(W h + b) = dW h + W dh + db
-                    dh = F.linear(h, next(tangents), next(tangents)) + (0 if dh is None else F.linear(dh, weight))
-                h = F.linear(h, weight, bias)
-            else:  # d tanh(z) = (1 - tanh(z)^2) dz
-                h = torch.tanh(h)
-                dh = None if dh is None else (1 - h**2) * dh
-        return h.squeeze(-1) if x is None else (h.squeeze(-1), dh.squeeze(-1))
+        layers = critic_layers(critic, w)
+        hs = critic_forward(layers, obs)
+        if x is None:
+            return hs[-1].squeeze(-1)
+        return hs[-1].squeeze(-1), critic_tangents(layers, hs, critic_layers(critic, x))[-1].squeeze(-1)
 
     return critic_fn
 
@@ -349,37 +363,23 @@ def squared_error_hvp(critic, w, obs, targets):
     """u -> H u for the Hessian H of L(w) = mean (V_w(obs) - targets)^2 at w, V_w the Sequential of Linear and Tanh
     layers `critic` with flat weights w, by Pearlmutter's R-operator: the derivatives along u of the forward pass h
     and of the backward pass delta = dL/dh, in closed form. u is one vector (d,) or a batch of them (k, d)."""
-    if not all(isinstance(layer, (nn.Linear, nn.Tanh)) for layer in critic):
-        raise TypeError(f"squared_error_hvp differentiates Linear and Tanh layers only, not {critic}")
-    shapes = [p.shape for p in critic.parameters()]
-    sizes = [shape.numel() for shape in shapes]
-
-    def layer_params(flat_w):  # (weight, bias) of each Linear, None for each Tanh
-        tensors = iter([t.view(shape) for t, shape in zip(flat_w.split(sizes), shapes)])
-        return [(next(tensors), next(tensors)) if isinstance(layer, nn.Linear) else None for layer in critic]
-
-    params, hs = layer_params(w.detach()), [obs]
-    for p in params:  # hs[l] is layer l's input, hs[l + 1] its output
-        hs.append(torch.tanh(hs[-1]) if p is None else F.linear(hs[-1], *p))
+    layers = critic_layers(critic, w.detach())
+    hs = critic_forward(layers, obs)  # hs[l] is layer l's input, hs[l + 1] its output
     deltas = [2 * (hs[-1] - targets[:, None]) / len(obs)]  # deltas[l] = dL/dhs[l + 1], from the last layer back
-    for l in reversed(range(1, len(params))):
-        deltas.insert(0, deltas[0] * (1 - hs[l + 1] ** 2) if params[l] is None else deltas[0] @ params[l][0])
+    for l in reversed(range(1, len(layers))):
+        deltas.insert(0, deltas[0] * (1 - hs[l + 1] ** 2) if layers[l] is None else deltas[0] @ layers[l][0])
 
     def hvp_one(u):
-        tangents, r = layer_params(u), [torch.zeros_like(obs)]  # r[l] = R{hs[l]}, hs[l]'s derivative along u
-        for l, p in enumerate(params):
-            if p is None:  # R tanh(z) = (1 - tanh(z)^2) R z
-                r.append((1 - hs[l + 1] ** 2) * r[l])
-            else:  # R (W h + b) = dW h + db + W R h
-                r.append(F.linear(hs[l], *tangents[l]) + r[l] @ p[0].T)
+        tangents = critic_layers(critic, u)
+        r = critic_tangents(layers, hs, tangents)  # r[l] = R{hs[l]}, hs[l]'s derivative along u
         products, r_delta = [], 2 * r[-1] / len(obs)  # r_delta = R{delta}, from the critic's output back
-        for l in reversed(range(len(params))):
-            if params[l] is None:  # delta_in = delta (1 - y^2), y = tanh's output
+        for l in reversed(range(len(layers))):
+            if layers[l] is None:  # delta_in = delta (1 - y^2), y = tanh's output
                 y = hs[l + 1]
                 r_delta = r_delta * (1 - y**2) - 2 * deltas[l] * y * r[l + 1]
             else:  # dL/dW = delta^T h, dL/db = sum delta, delta_in = delta W
                 products[:0] = [r_delta.T @ hs[l] + deltas[l].T @ r[l], r_delta.sum(0)]
-                r_delta = r_delta @ params[l][0] + deltas[l] @ tangents[l][0]
+                r_delta = r_delta @ layers[l][0] + deltas[l] @ tangents[l][0]
         return torch.cat([t.reshape(-1) for t in products])
 
     return lambda u: torch.vmap(hvp_one)(u) if u.dim() == 2 else hvp_one(u)
@@ -736,7 +736,6 @@ if __name__ == "__main__":
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
     )
 
-    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -757,14 +756,11 @@ if __name__ == "__main__":
     names = {p: name for name, p in agent.named_parameters()}
     stats = HypergradStats([(names[p], p.numel()) for p in agent.actor_parameters()])
 
-    # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
     logprobs, rewards, dones, values = (torch.zeros((args.num_steps, args.num_envs)).to(device) for _ in range(4))
 
-    # TRY NOT TO MODIFY: start the game
-    global_step = 0
-    start_time = time.time()
+    global_step, start_time = 0, time.time()
     next_obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     next_obs = torch.Tensor(next_obs).to(device)
@@ -774,7 +770,6 @@ if __name__ == "__main__":
     interrupted = False
     try:  # Ctrl-C ends the training: the model is saved as it is and the events are closed below
         for iteration in progress:
-            # Annealing the rate if instructed to do so.
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
                 optimizer.param_groups[0]["lr"] = frac * args.learning_rate
@@ -786,14 +781,12 @@ if __name__ == "__main__":
                 obs[step] = next_obs
                 dones[step] = next_done
 
-                # ALGO LOGIC: action logic
                 with torch.inference_mode():
                     action, logprob, _, value = agent.get_action_and_value(next_obs)
                     values[step] = value
                 actions[step] = action
                 logprobs[step] = logprob
 
-                # TRY NOT TO MODIFY: execute the game and log data.
                 next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
                 next_done = np.logical_or(terminations, truncations)
                 rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)

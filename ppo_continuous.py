@@ -197,8 +197,7 @@ class Agent(nn.Module):
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
     """Generalized advantage estimation over a (num_steps, num_envs) rollout; dones[t] marks obs[t] as the first
     observation of an episode. Returns (advantages, returns = advantages + values)."""
-    r, v, d = (x.cpu().numpy() for x in (rewards, values, dones))
-    next_value, next_done = next_value.cpu().numpy(), next_done.cpu().numpy()
+    r, v, d, next_value, next_done = (x.cpu().numpy() for x in (rewards, values, dones, next_value, next_done))
     num_steps = r.shape[0]
     advantages = np.zeros_like(r)
     lastgaelam = 0
@@ -343,7 +342,6 @@ if __name__ == "__main__":
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
     )
 
-    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -354,14 +352,11 @@ if __name__ == "__main__":
     agent = Agent(np.prod(envs.single_observation_space.shape), np.prod(envs.single_action_space.shape)).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
 
-    # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
     logprobs, rewards, dones, values = (torch.zeros((args.num_steps, args.num_envs)).to(device) for _ in range(4))
 
-    # TRY NOT TO MODIFY: start the game
-    global_step = 0
-    start_time = time.time()
+    global_step, start_time = 0, time.time()
     next_obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     next_obs = torch.Tensor(next_obs).to(device)
@@ -371,7 +366,6 @@ if __name__ == "__main__":
     interrupted = False
     try:  # Ctrl-C ends the training: the model is saved as it is and the events are closed below
         for iteration in progress:
-            # Annealing the rate if instructed to do so.
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
                 optimizer.param_groups[0]["lr"] = frac * args.learning_rate
@@ -382,14 +376,12 @@ if __name__ == "__main__":
                 obs[step] = next_obs
                 dones[step] = next_done
 
-                # ALGO LOGIC: action logic
                 with torch.inference_mode():
                     action, logprob, _, value = agent.get_action_and_value(next_obs)
                     values[step] = value
                 actions[step] = action
                 logprobs[step] = logprob
 
-                # TRY NOT TO MODIFY: execute the game and log data.
                 next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
                 next_done = np.logical_or(terminations, truncations)
                 rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
@@ -408,7 +400,6 @@ if __name__ == "__main__":
                 rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
             )
 
-            # flatten the batch
             batch = Batch(*[t.flatten(0, 1) for t in (obs, actions, logprobs, advantages, returns, values)])
 
             # 3. Update: update_epochs passes of clipped-surrogate minibatch steps
