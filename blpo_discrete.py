@@ -259,8 +259,8 @@ def critic_layers(critic, w):
     (weight, bias) for each Linear and None for each Tanh; TypeError for any other layer."""
     if not all(isinstance(layer, (nn.Linear, nn.Tanh)) for layer in critic):
         raise TypeError(f"the functional critic runs Linear and Tanh layers only, not {critic}")
-    params = list(critic.parameters())
-    tensors = iter([t.view(p.shape) for t, p in zip(w.split([p.numel() for p in params]), params)])
+    shapes = [tuple(p.shape) for layer in critic if isinstance(layer, nn.Linear) for p in (layer.weight, layer.bias)]
+    tensors = iter([t.view(shape) for t, shape in zip(w.split([math.prod(shape) for shape in shapes]), shapes)])
     return [(next(tensors), next(tensors)) if isinstance(layer, nn.Linear) else None for layer in critic]
 
 
