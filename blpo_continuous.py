@@ -288,9 +288,10 @@ def critic_layers(critic, w):
     (weight, bias) for each Linear and None for each Tanh; TypeError for any other layer."""
     if not all(isinstance(layer, (nn.Linear, nn.Tanh)) for layer in critic):
         raise TypeError(f"the functional critic runs Linear and Tanh layers only, not {critic}")
-    shapes = [tuple(p.shape) for layer in critic if isinstance(layer, nn.Linear) for p in (layer.weight, layer.bias)]
-    tensors = iter([t.view(shape) for t, shape in zip(w.split([math.prod(shape) for shape in shapes]), shapes)])
-    return [(next(tensors), next(tensors)) if isinstance(layer, nn.Linear) else None for layer in critic]
+    linears = [layer for layer in critic if isinstance(layer, nn.Linear)]
+    chunks = w.split([n for layer in linears for n in (layer.out_features * layer.in_features, layer.out_features)])
+    params = iter([(weight.view(len(bias), -1), bias) for weight, bias in zip(chunks[::2], chunks[1::2])])
+    return [next(params) if isinstance(layer, nn.Linear) else None for layer in critic]
 
 
 def critic_forward(layers, obs):
@@ -301,12 +302,17 @@ def critic_forward(layers, obs):
     return hs
 
 
-def critic_tangents(layers, hs, tangents):
+def tanh_slopes(layers, hs):
+    """slopes[l] = 1 - hs[l + 1]^2, tanh's derivative, for each Tanh layer l; None for each Linear."""
+    return [1 - hs[l + 1] ** 2 if p is None else None for l, p in enumerate(layers)]
+
+
+def critic_tangents(layers, hs, slopes, tangents):
     """rs with rs[l] the derivative of hs[l] along a direction u of the weights, tangents = critic_layers(critic, u):
     d(W h + b) = dW h + db + W dh and d tanh(z) = (1 - tanh(z)^2) dz, carried forward layer by layer."""
     rs = [torch.zeros_like(hs[0])]
     for l, p in enumerate(layers):
-        rs.append((1 - hs[l + 1] ** 2) * rs[l] if p is None else F.linear(hs[l], *tangents[l]) + F.linear(rs[l], p[0]))
+        rs.append(slopes[l] * rs[l] if p is None else F.linear(hs[l], *tangents[l]) + F.linear(rs[l], p[0]))
     return rs
 
 
@@ -320,7 +326,8 @@ def functional_critic(critic):
         hs = critic_forward(layers, obs)
         if x is None:
             return hs[-1].squeeze(-1)
-        return hs[-1].squeeze(-1), critic_tangents(layers, hs, critic_layers(critic, x))[-1].squeeze(-1)
+        rs = critic_tangents(layers, hs, tanh_slopes(layers, hs), critic_layers(critic, x))
+        return hs[-1].squeeze(-1), rs[-1].squeeze(-1)
 
     return critic_fn
 
@@ -365,18 +372,20 @@ def squared_error_hvp(critic, w, obs, targets):
     and of the backward pass delta = dL/dh, in closed form. u is one vector (d,) or a batch of them (k, d)."""
     layers = critic_layers(critic, w.detach())
     hs = critic_forward(layers, obs)  # hs[l] is layer l's input, hs[l + 1] its output
+    slopes = tanh_slopes(layers, hs)
     deltas = [2 * (hs[-1] - targets[:, None]) / len(obs)]  # deltas[l] = dL/dhs[l + 1], from the last layer back
     for l in reversed(range(1, len(layers))):
-        deltas.insert(0, deltas[0] * (1 - hs[l + 1] ** 2) if layers[l] is None else deltas[0] @ layers[l][0])
+        deltas.insert(0, deltas[0] * slopes[l] if layers[l] is None else deltas[0] @ layers[l][0])
+    # R{delta (1 - y^2)} = R{delta} (1 - y^2) - 2 delta y R{y} at each Tanh's output y: its u-free factors, once
+    curvatures = [2 * deltas[l] * hs[l + 1] if p is None else None for l, p in enumerate(layers)]
 
     def hvp_one(u):
         tangents = critic_layers(critic, u)
-        r = critic_tangents(layers, hs, tangents)  # r[l] = R{hs[l]}, hs[l]'s derivative along u
+        r = critic_tangents(layers, hs, slopes, tangents)  # r[l] = R{hs[l]}, hs[l]'s derivative along u
         products, r_delta = [], 2 * r[-1] / len(obs)  # r_delta = R{delta}, from the critic's output back
         for l in reversed(range(len(layers))):
             if layers[l] is None:  # delta_in = delta (1 - y^2), y = tanh's output
-                y = hs[l + 1]
-                r_delta = r_delta * (1 - y**2) - 2 * deltas[l] * y * r[l + 1]
+                r_delta = r_delta * slopes[l] - curvatures[l] * r[l + 1]
             else:  # dL/dW = delta^T h, dL/db = sum delta, delta_in = delta W
                 products[:0] = [r_delta.T @ hs[l] + deltas[l].T @ r[l], r_delta.sum(0)]
                 r_delta = r_delta @ layers[l][0] + deltas[l] @ tangents[l][0]

@@ -859,8 +859,15 @@ def aggregate(
 
 
 def command_line() -> str:
-    """The command that started this process."""
-    return shlex.join(["python", *sys.argv])
+    """The command that started this process, each absolute path inside a checkout of this repository (a folder
+    with benchmark/run.py) written relative to it: a summary names no path of the machine that made it."""
+    return shlex.join(["python", *map(repository_relative, sys.argv)])
+
+
+def repository_relative(arg: str) -> str:
+    path = Path(arg)
+    checkouts = [parent for parent in path.parents if (parent / "benchmark" / "run.py").is_file()]
+    return str(path.relative_to(checkouts[0])) if path.is_absolute() and checkouts else arg
 
 
 def main(args: Args) -> None:

@@ -392,6 +392,14 @@ def test_ctrl_c_stops_the_workers_and_names_the_unfinished_runs(tmp_path):
     assert not list(out.glob("*/*/seed*/record.json")) and not (out / "summary.md").exists()
 
 
+def test_command_line_names_no_machine_path(tmp_path, monkeypatch):
+    out = ROOT / "benchmark" / "results" / "grid"
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmark" / "run.py"), "--out", str(out), "--seeds", "1"])
+    assert run.command_line() == "python benchmark/run.py --out benchmark/results/grid --seeds 1"
+    # a path outside any checkout stays as given: it is not the repository's to shorten
+    assert run.repository_relative(str(tmp_path / "grid")) == str(tmp_path / "grid")
+
+
 def test_sweep_commands_parse():
     """Each command `wandb agent` builds from benchmark/sweep.yaml runs one (variant, env, seed) with --track."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
