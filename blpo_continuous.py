@@ -285,9 +285,9 @@ def flat(tensors):
 
 def critic_layers(critic, w):
     """The Sequential of Linear and Tanh layers `critic` with its parameters taken from one flat vector w: a list with
-    (weight, bias) for each Linear and None for each Tanh; TypeError for any other layer."""
-    if not all(isinstance(layer, (nn.Linear, nn.Tanh)) for layer in critic):
-        raise TypeError(f"the functional critic runs Linear and Tanh layers only, not {critic}")
+    (weight, bias) for each Linear and None for each Tanh; TypeError for any other layer or a Linear without bias."""
+    if not all(isinstance(m, nn.Tanh) or isinstance(m, nn.Linear) and m.bias is not None for m in critic):
+        raise TypeError(f"the functional critic runs Linear and Tanh layers only, with biases, not {critic}")
     linears = [layer for layer in critic if isinstance(layer, nn.Linear)]
     chunks = w.split([n for layer in linears for n in (layer.out_features * layer.in_features, layer.out_features)])
     params = iter([(weight.view(len(bias), -1), bias) for weight, bias in zip(chunks[::2], chunks[1::2])])

@@ -243,6 +243,8 @@ def test_functional_critic_jvp_matches_autograd(blpo):
     torch.testing.assert_close(u, expected_u)
     with pytest.raises(TypeError, match="Linear and Tanh layers only"):
         blpo.functional_critic(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))
+    with pytest.raises(TypeError, match="with biases"):  # its flat weights would be cut at the wrong places
+        blpo.functional_critic(nn.Sequential(nn.Linear(3, 4, bias=False), nn.Tanh(), nn.Linear(4, 1)))
 
 
 # --- Differentiable GAE -------------------------------------------------------------------------
