@@ -866,8 +866,10 @@ def command_line() -> str:
 
 def repository_relative(arg: str) -> str:
     path = Path(arg)
+    if not path.is_absolute():
+        return arg
     checkouts = [parent for parent in path.parents if (parent / "benchmark" / "run.py").is_file()]
-    return str(path.relative_to(checkouts[0])) if path.is_absolute() and checkouts else arg
+    return str(path.relative_to(checkouts[0])) if checkouts else arg
 
 
 def main(args: Args) -> None:
