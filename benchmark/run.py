@@ -70,8 +70,8 @@ of its steps between generator seeds at 5,000 resamples as at 500"""
 MIN_SEEDS = 5
 """the fewest seeds of each variant on each task for a verdict that one variant beats another"""
 BOOTSTRAP_SEED = 0
-"""NumPy's global generator is seeded with this for every bootstrap: rliable 1.2.0 draws its resamples with
-np.random.choice and ignores its `random_state` argument"""
+"""NumPy's global generator is seeded with this for every bootstrap, unless `--bootstrap-seeds` adds others: rliable
+1.2.0 draws its resamples with np.random.choice and ignores its `random_state` argument"""
 
 
 @dataclass
@@ -99,6 +99,9 @@ class Args:
     """Weights & Biases project the scripts log to with `--track`"""
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     """variants every other variant is compared with by the probability of improvement; absent ones are skipped"""
+    bootstrap_seeds: list[int] = field(default_factory=lambda: [BOOTSTRAP_SEED])
+    """bootstrap generator seeds: the first gives the reported intervals; with more, every P(X > Y) is drawn again
+    under each, the tables give the range of its interval's ends, and a verdict must hold under every draw"""
 
 
 @dataclass(frozen=True)
@@ -420,16 +423,16 @@ def finite(values: list[float]) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def bootstrap(scores: np.ndarray | list[np.ndarray], statistic) -> list[Interval]:
+def bootstrap(scores: np.ndarray | list[np.ndarray], statistic, seed: int = BOOTSTRAP_SEED) -> list[Interval]:
     """Each value `statistic` (a number or a 1D array) takes on `scores`, with its 95% CI from rliable's stratified
     bootstrap (BOOTSTRAP_REPS resamples of the runs of each task). An array is a (runs x tasks) matrix; a list of
     them is resampled array by array, and `statistic` then takes each array as an argument. The global generator
-    rliable draws from is seeded for the call, so that the same scores give the same intervals every time, and
-    restored afterwards."""
+    rliable draws from is seeded with `seed` for the call, so that the same scores give the same intervals every
+    time, and restored afterwards."""
     from rliable import library as rly
 
     state = np.random.get_state()
-    np.random.seed(BOOTSTRAP_SEED)
+    np.random.seed(seed)
     try:
         point, interval = rly.get_interval_estimates({"": scores}, statistic, reps=BOOTSTRAP_REPS)
     finally:
@@ -509,9 +512,16 @@ class Improvement:
     fewest_seeds: int
     """the fewest seeds either variant has on any of the tasks"""
     over_tasks: bool = False
+    draws: list[Interval] = field(default_factory=list)
+    """P(X > Y) under every bootstrap seed, `p` first; `[p]` if not given"""
+
+    def __post_init__(self):
+        self.draws = self.draws or [self.p]
 
 
-def probability_of_improvement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[Interval]:
+def probability_of_improvement(
+    pairs: list[tuple[np.ndarray, np.ndarray]], seed: int = BOOTSTRAP_SEED
+) -> list[Interval]:
     """P(X > Y), the chance that a seed of X beats a seed of Y on the same task (ties count half), on each task
     given as an (X returns, Y returns) pair, then averaged over the tasks, each with its 95% CI. Each array is
     resampled on its own, so X and Y may have different numbers of seeds on any task, as rliable's
@@ -523,12 +533,15 @@ def probability_of_improvement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> li
         per_task = [metrics.probability_of_improvement(x, y) for x, y in zip(scores[::2], scores[1::2])]
         return np.array([*per_task, np.mean(per_task)])
 
-    return bootstrap([scores[:, None] for pair in pairs for scores in pair], per_task_and_average)
+    return bootstrap([scores[:, None] for pair in pairs for scores in pair], per_task_and_average, seed)
 
 
-def improvements(rows: list[Row], baselines: Sequence[str]) -> list[Improvement]:
+def improvements(
+    rows: list[Row], baselines: Sequence[str], seeds: Sequence[int] = (BOOTSTRAP_SEED,)
+) -> list[Improvement]:
     """The probability of improvement of every variant X over each baseline Y among the variants (X != Y), on each
-    task both have finite returns on, then averaged over those tasks. The reference is no variant: left out."""
+    task both have finite returns on, then averaged over those tasks, drawn under each bootstrap seed in `seeds`
+    (the first gives `p`). The reference is no variant: left out."""
     scores = {(row.variant, row.env_id): finite(row.returns) for row in rows if row.variant != REFERENCE_NAME}
     scores = {key: values for key, values in scores.items() if values.size}
     variants = sorted({variant for variant, _ in scores})
@@ -540,9 +553,9 @@ def improvements(rows: list[Row], baselines: Sequence[str]) -> list[Improvement]
             if not pairs:
                 continue
             fewest = {e: min(len(xs), len(ys)) for e, (xs, ys) in pairs.items()}
-            *per_task, average = probability_of_improvement(list(pairs.values()))
-            found += [Improvement(x, y, [e], p, fewest[e]) for e, p in zip(pairs, per_task)]
-            found.append(Improvement(x, y, list(pairs), average, min(fewest.values()), over_tasks=True))
+            draws = list(zip(*(probability_of_improvement(list(pairs.values()), seed) for seed in seeds)))
+            found += [Improvement(x, y, [e], p[0], fewest[e], draws=list(p)) for e, p in zip(pairs, draws)]
+            found.append(Improvement(x, y, list(pairs), draws[-1][0], min(fewest.values()), True, list(draws[-1])))
     return found
 
 
@@ -551,12 +564,16 @@ def task_label(improvement: Improvement) -> str:
 
 
 def verdict(improvement: Improvement) -> str:
-    """Which variant is better when the 95% CI of P(X > Y) excludes 0.5, with MIN_SEEDS seeds or more of each on
-    every task: with fewer, two or three seeds that happen to separate give an interval of [1, 1]."""
-    x, y, p = improvement.x, improvement.y, improvement.p
+    """Which variant is better when the 95% CI of P(X > Y) excludes 0.5 under every bootstrap draw, with MIN_SEEDS
+    seeds or more of each on every task: with fewer, two or three seeds that happen to separate give an interval of
+    [1, 1]."""
+    x, y = improvement.x, improvement.y
     if improvement.fewest_seeds < MIN_SEEDS:
         return f"not separated (< {MIN_SEEDS} seeds)"
-    return f"{x} > {y}" if p.low > 0.5 else f"{y} > {x}" if p.high < 0.5 else "not separated"
+    verdicts = {f"{x} > {y}" if p.low > 0.5 else f"{y} > {x}" if p.high < 0.5 else "" for p in improvement.draws}
+    if len(verdicts) > 1:
+        return "not separated (separated under some bootstrap draws only)"
+    return verdicts.pop() or "not separated"
 
 
 def number(x: float, spec: str = ".2f") -> str:
@@ -659,17 +676,33 @@ def push_table(rows: list[Row]) -> str:
     return markdown_table(header, lines)
 
 
+def ends_over_draws(improvement: Improvement) -> dict[str, float]:
+    """The range of the CI's low and high ends over the bootstrap draws."""
+    lows, highs = [p.low for p in improvement.draws], [p.high for p in improvement.draws]
+    return dict(p_low_min=min(lows), p_low_max=max(lows), p_high_min=min(highs), p_high_max=max(highs))
+
+
 def improvement_table(found: list[Improvement]) -> str:
-    """The Markdown table of the probabilities of improvement, with their intervals and verdicts."""
-    header = ["X", "Y", "task", "P(X > Y)", "95% CI", "verdict"]
+    """The Markdown table of the probabilities of improvement, with their intervals and verdicts, and with several
+    bootstrap draws the range of the interval's ends over them."""
+    draws = max(len(i.draws) for i in found)
+    header = ["X", "Y", "task", "P(X > Y)", "95% CI", *[f"CI ends over {draws} draws"] * (draws > 1), "verdict"]
     lines = [
-        [i.x, i.y, task_label(i), number(i.p.value), f"[{number(i.p.low)}, {number(i.p.high)}]", verdict(i)]
+        [i.x, i.y, task_label(i), number(i.p.value), f"[{number(i.p.low)}, {number(i.p.high)}]"]
+        + ["{}-{}, {}-{}".format(*map(number, ends_over_draws(i).values()))] * (draws > 1)
+        + [verdict(i)]
         for i in found
     ]
     return markdown_table(header, lines)
 
 
-def summary_markdown(rows: list[Row], threshold: float | None, command: str, found: list[Improvement]) -> str:
+def summary_markdown(
+    rows: list[Row],
+    threshold: float | None,
+    command: str,
+    found: list[Improvement],
+    bootstrap_seeds: Sequence[int] = (BOOTSTRAP_SEED,),
+) -> str:
     """summary.md: the command line, the results table, the probabilities of improvement if any variant had a
     baseline to compare with and, if any variant logged them, the diagnostics table."""
     text = [f"```sh\n{command}\n```", table_legend(threshold), results_table(rows, threshold)]
@@ -680,7 +713,13 @@ def summary_markdown(rows: list[Row], threshold: float | None, command: str, fou
             f"than a seed of Y on the same task (ties count half), for every variant X and baseline Y ({baselines}); "
             "per task, then averaged over the tasks both ran (those listed above the pair's all-tasks row). "
             f"95% stratified-bootstrap CI ({BOOTSTRAP_REPS:,} resamples); the verdict names the better variant when "
-            f"the CI excludes 0.5 and each has at least {MIN_SEEDS} seeds on every task.",
+            f"the CI excludes 0.5 and each has at least {MIN_SEEDS} seeds on every task"
+            + (
+                f"; it is drawn again under bootstrap generator seeds {', '.join(map(str, bootstrap_seeds))}, and a "
+                "verdict must hold under every draw (beside the CI, the range of its low and high ends over them)."
+                if len(bootstrap_seeds) > 1
+                else "."
+            ),
             improvement_table(found),
         ]
     diagnosed = [row for row in rows if row.diagnostics]
@@ -743,6 +782,7 @@ def improvement_record(improvement: Improvement) -> dict:
         "p": p.value,
         "p_low": p.low,
         "p_high": p.high,
+        **({"draws": len(improvement.draws)} | ends_over_draws(improvement) if len(improvement.draws) > 1 else {}),
         "verdict": verdict(improvement),
     }
 
@@ -826,10 +866,16 @@ def plot_improvements(found: list[Improvement], path: Path) -> None:
 
 
 def aggregate(
-    records: list[Path], out: Path, threshold: float | None, command: str, baselines: Sequence[str] = BASELINES
+    records: list[Path],
+    out: Path,
+    threshold: float | None,
+    command: str,
+    baselines: Sequence[str] = BASELINES,
+    bootstrap_seeds: Sequence[int] = (BOOTSTRAP_SEED,),
 ) -> list[Row]:
     """Write summary.md, summary.csv and one plot per environment into `out` from the finished runs, and the
-    probabilities of improvement over `baselines` (a CSV and a plot) when a baseline has runs."""
+    probabilities of improvement over `baselines` (a CSV and a plot), under each of `bootstrap_seeds`, when a
+    baseline has runs."""
     groups = defaultdict(lambda: defaultdict(list))
     for run in sorted((load_run(path) for path in records), key=lambda r: r.record["seed"]):
         groups[run.record["env_id"]][run.record["variant"]].append(run)
@@ -845,8 +891,8 @@ def aggregate(
         if env_reference:
             rows.append(reference_row(env_id, env_reference, total, threshold))
         plot_env(env_id, runs, env_reference, colors, out / f"{env_id}.png")
-    found = improvements(rows, baselines)
-    markdown = summary_markdown(rows, threshold, command, found)
+    found = improvements(rows, baselines, bootstrap_seeds)
+    markdown = summary_markdown(rows, threshold, command, found, bootstrap_seeds)
     (out / "summary.md").write_text(markdown)
     write_csv([csv_record(row, threshold) for row in rows], out / "summary.csv")
     written = f"summary.md, summary.csv and {len(groups)} plot(s)"
@@ -880,7 +926,7 @@ def main(args: Args) -> None:
         failed = run_grid(args, variants)
     records = sorted(args.out.glob("*/*/seed*/record.json"))
     if records:
-        aggregate(records, args.out, args.threshold, command_line(), args.baselines)
+        aggregate(records, args.out, args.threshold, command_line(), args.baselines, args.bootstrap_seeds)
     if failed:
         fail(f"{failed} run(s) failed; their run.log says why; run the grid again to retry them")
     if not records:

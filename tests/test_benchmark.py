@@ -303,6 +303,25 @@ def test_bootstrap_is_reproducible_and_leaves_numpy_alone():
     assert estimates[0] == estimates[1]
 
 
+def test_a_verdict_must_hold_under_every_bootstrap_draw():
+    """Scores whose interval's high end crosses 0.5 under one of five generator seeds only: separated under that
+    draw alone, not separated under seed 0 or under all five; the first seed's interval is the one reported."""
+    rows = score_rows({"a": {"Hopper-v4": [3.0, 3, 4, 4, 7]}, "b": {"Hopper-v4": [11.0, 3, 12, 8, 6]}})
+    alone = [run.improvements(rows, ["b"], [seed])[0] for seed in range(5)]
+    assert [run.verdict(i) for i in alone] == ["not separated"] * 3 + ["b > a", "not separated"]
+    drawn = run.improvements(rows, ["b"], range(5))[0]
+    assert drawn.draws == [i.p for i in alone] and drawn.p == alone[0].p
+    assert run.verdict(drawn) == "not separated (separated under some bootstrap draws only)"
+    low, high = min(i.p.high for i in alone), max(i.p.high for i in alone)
+    assert low < 0.5 < high
+    assert run.ends_over_draws(drawn) == dict(p_low_min=0.0, p_low_max=0.0, p_high_min=low, p_high_max=high)
+    table = run.improvement_table([drawn])
+    assert "| X | Y | task | P(X > Y) | 95% CI | CI ends over 5 draws | verdict |" in table
+    assert f"| 0.00-0.00, {run.number(low)}-{run.number(high)} | not separated (separated under some" in table
+    assert run.improvement_record(drawn)["draws"] == 5
+    assert "draws" not in run.improvement_record(alone[0]) and "CI ends" not in run.improvement_table(alone)
+
+
 def test_fewer_than_five_seeds_give_no_verdict():
     """One seed: an interval without width, no exception; fewer than 5 seeds of either variant on any task: no claim,
     even when every seed separates; a variant without returns is left out."""
