@@ -85,11 +85,11 @@ def main():
     ppo_ms = milliseconds(lambda mb: ppo.update_minibatch(agent, optimizer, batch, mb, args))
     print(f"{'ppo_continuous.py':50s} {ppo_ms:6.2f} ms")
     for name, overrides in VARIANTS.items():
-        print(f"{name:50s} {milliseconds(blpo_update(blpo, flat, extra, overrides)):6.2f} ms")
+        print(f"{name:50s} {milliseconds(blpo_update(blpo, flat, extra, overrides)[0]):6.2f} ms")
 
 
 def blpo_update(module, flat, extra, overrides):
-    """mb_inds -> module.update_minibatch on the rollout, with a fresh agent and the Args overrides."""
+    """(mb_inds -> module.update_minibatch on the rollout, its agent): a fresh agent, the Args overrides."""
     args = module.Args(**overrides)
     agent = module.Agent(OBS_DIM, ACT_DIM)
     groups = [{"params": agent.actor_parameters()}, {"params": list(agent.critic.parameters())}]
@@ -101,21 +101,22 @@ def blpo_update(module, flat, extra, overrides):
         torch.Generator().manual_seed(1),
         module.HypergradStats(),
     )
-    return lambda mb: module.update_minibatch(agent, optimizer, critic_fn, batch, mb, args, generator, stats)
+    return lambda mb: module.update_minibatch(agent, optimizer, critic_fn, batch, mb, args, generator, stats), agent
 
 
-def compare(other: Path, blocks: int) -> None:
-    """BLPO's default update, this checkout's against `other`'s, in alternating blocks of 32 calls."""
+def compare(other: Path, blocks: int) -> dict[str, torch.nn.Module]:
+    """BLPO's default update, this checkout's against `other`'s, in alternating blocks of 32 calls; returns the two
+    agents as the updates left them."""
     if not other.is_file():
         raise SystemExit(f"error: --against {other}: no such file; give another checkout's blpo_continuous.py")
     spec = importlib.util.spec_from_file_location("blpo_other", other)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     flat, extra = rollout()
-    updates = {}
+    updates, agents = {}, {}
     for name, script in (("this", blpo), ("other", module)):
         torch.manual_seed(0)
-        updates[name] = blpo_update(script, flat, extra, {})
+        updates[name], agents[name] = blpo_update(script, flat, extra, {})
     mbs, times = minibatches(), {"this": [], "other": []}
     for name in times:
         for mb in mbs[:10]:
@@ -130,6 +131,7 @@ def compare(other: Path, blocks: int) -> None:
     this, that = statistics.median(times["this"]), statistics.median(times["other"])
     print(f"this checkout {this:.2f} ms, {other} {that:.2f} ms per update (medians over {blocks} blocks)")
     print(f"ratio this/other: median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
+    return agents
 
 
 @dataclass
