@@ -386,9 +386,9 @@ def squared_error_hvp(critic, w, obs, targets):
         for l in reversed(range(len(layers))):
             if layers[l] is None:  # delta_in = delta (1 - y^2), y = tanh's output
                 r_delta = r_delta * slopes[l] - curvatures[l] * r[l + 1]
-            else:  # dL/dW = delta^T h, dL/db = sum delta, delta_in = delta W
-                products[:0] = [r_delta.T @ hs[l] + deltas[l].T @ r[l], r_delta.sum(0)]
-                r_delta = r_delta @ layers[l][0] + deltas[l] @ tangents[l][0]
+            else:  # dL/dW = delta^T h, dL/db = sum delta, delta_in = delta W; at l = 0, R{h} = 0 and delta_in unused
+                products[:0] = [r_delta.T @ hs[l] + deltas[l].T @ r[l] if l else r_delta.T @ hs[l], r_delta.sum(0)]
+                r_delta = r_delta @ layers[l][0] + deltas[l] @ tangents[l][0] if l else None
         return torch.cat([t.reshape(-1) for t in products])
 
     return lambda u: torch.vmap(hvp_one)(u) if u.dim() == 2 else hvp_one(u)
