@@ -504,6 +504,32 @@ def test_run_takes_k_critic_steps_per_minibatch(script, tmp_path, monkeypatch):
     assert rates == [(0.004, 0.002)] * half + [(0.002, 0.001)] * half
 
 
+def test_logged_fallback_counts_are_the_updates_that_fell_back(script, tmp_path, monkeypatch):
+    """A whole run of 16 updates (8 per iteration) whose CG returns NaN on updates 2, 3, 5 and 11, and whose
+    Gauss-Newton solve, which takes over there, also fails on 3 and 11, so that c is not finite and h = g there. The
+    logged counters, cumulative per iteration, read gauss_newton_fallbacks [3, 4] and nonfinite_fallbacks [1, 2]."""
+    module = load_script(script)
+    cg_calls, gauss_newton_calls = [], []
+    cg, gauss_newton = module.cg_ihvp, module.gauss_newton_ihvp
+
+    def failing_cg(hvp, v, rho, iterations, tol=0.0):
+        cg_calls.append(len(cg_calls) + 1)
+        x = cg(hvp, v, rho, iterations, tol)
+        return torch.full_like(x, math.nan) if cg_calls[-1] in (2, 3, 5, 11) else x
+
+    def failing_gauss_newton(jac, v, rho):
+        gauss_newton_calls.append(cg_calls[-1])
+        x = gauss_newton(jac, v, rho)
+        return torch.full_like(x, math.nan) if cg_calls[-1] in (3, 11) else x
+
+    monkeypatch.setattr(module, "cg_ihvp", failing_cg)
+    monkeypatch.setattr(module, "gauss_newton_ihvp", failing_gauss_newton)
+    scalars = read_scalars(run_main(module, TINY[script].argv("--ihvp", "cg"), tmp_path))
+    assert len(cg_calls) == 16 and gauss_newton_calls == [2, 3, 5, 11]
+    assert [value for _, value in scalars["hypergrad/gauss_newton_fallbacks"]] == [3, 4]
+    assert [value for _, value in scalars["hypergrad/nonfinite_fallbacks"]] == [1, 2]
+
+
 def scalars_and_weights(run_dir):
     scalars = read_scalars(run_dir)
     weights = torch.load(next(run_dir.glob("*.pt")), weights_only=False)["agent"]

@@ -262,6 +262,96 @@ def test_evaluate_uses_frozen_saved_obs_statistics(fresh_checkpoints, script, mo
     assert normalizer.obs_rms.count == saved["count"] > 50
 
 
+def recording_envs(monkeypatch, module) -> dict[str, list]:
+    """Record what evaluate's vector env hands the policy and gets back: "obs", every observation it returns (the
+    normalized ones for the MuJoCo scripts), and "actions", every action it is stepped with."""
+    seen, make_envs = {"obs": [], "actions": []}, module.make_envs
+
+    def make_recording_envs(*args, **kwargs):
+        envs = make_envs(*args, **kwargs)
+        reset, step = envs.reset, envs.step
+
+        def recording_reset(**kw):
+            obs, infos = reset(**kw)
+            seen["obs"].append(obs.copy())
+            return obs, infos
+
+        def recording_step(actions):
+            seen["actions"].append(np.array(actions))
+            out = step(actions)
+            seen["obs"].append(out[0].copy())
+            return out
+
+        envs.reset, envs.step = recording_reset, recording_step
+        return envs
+
+    monkeypatch.setattr(module, "make_envs", make_recording_envs)
+    return seen
+
+
+def constant_policy_checkpoint(module, script, path, obs_rms=None):
+    """A checkpoint whose policy ignores the observation: the Gaussian's mean is 0.3 in every dimension with std 1,
+    or the categorical's logits are [0, 0.5] (action 1 most likely, action 0 drawn 38% of the time)."""
+    if script in CONTINUOUS_SCRIPTS:
+        agent = module.Agent(11, 3)
+        head = agent.actor_mean[-1]
+        bias = 0.3
+    else:
+        agent = module.Agent(4, 2)
+        head = agent.actor[-1]
+        bias = torch.tensor([0.0, 0.5])
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.as_tensor(bias))
+    checkpoint = {"agent": agent.state_dict()}
+    if script in CONTINUOUS_SCRIPTS:
+        checkpoint["obs_rms"] = obs_rms or {"mean": np.zeros(11), "var": np.ones(11), "count": 1.0}
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_evaluate_takes_the_most_likely_action_unless_told_to_sample(script, monkeypatch, tmp_path):
+    """deterministic=True (the default) steps with the policy's most likely action, the Gaussian's mean or the
+    categorical's argmax, at every step; deterministic=False draws from the policy."""
+    module, env_id = importlib.import_module(script), TINY[script].env_id
+    constant_policy_checkpoint(module, script, tmp_path / "agent.pt")
+    most_likely = np.full(3, 0.3, dtype=np.float32) if script in CONTINUOUS_SCRIPTS else np.array(1)
+    seen = recording_envs(monkeypatch, module)
+    module.evaluate(tmp_path / "agent.pt", env_id, eval_episodes=2, seed=1)
+    assert len(seen["actions"]) > 10
+    assert all(np.array_equal(actions[0], most_likely) for actions in seen["actions"])
+    seen = recording_envs(monkeypatch, module)
+    torch.manual_seed(0)
+    module.evaluate(tmp_path / "agent.pt", env_id, eval_episodes=2, seed=1, deterministic=False)
+    drawn = np.stack([actions[0] for actions in seen["actions"]]).astype(np.float64)
+    if script in CONTINUOUS_SCRIPTS:  # N(0.3, 1) in each dimension
+        assert abs(drawn.mean() - 0.3) < 0.3 and 0.7 < drawn.std() < 1.3, (drawn.mean(), drawn.std())
+    else:  # P(action 0) = 1 / (1 + e^0.5) = 0.38
+        assert 0.2 < (drawn == 0).mean() < 0.55, (drawn == 0).mean()
+
+
+@pytest.mark.parametrize("script", CONTINUOUS_SCRIPTS)
+def test_evaluate_normalizes_with_the_saved_statistics_from_the_first_observation(script, monkeypatch, tmp_path):
+    """The saved statistics are in place, frozen, before the first observation is normalized: with the saved mean
+    half a standard deviation above the raw first observation, the policy's first input is -0.5 everywhere, and the
+    statistics are unchanged after the episodes."""
+    module = importlib.import_module(script)
+    with gym.make("Hopper-v4") as raw:
+        first_raw = raw.reset(seed=1)[0]
+    saved = {"mean": first_raw + 1.0, "var": np.full(11, 4.0), "count": 123.0}
+    constant_policy_checkpoint(module, script, tmp_path / "agent.pt", {k: np.copy(v) for k, v in saved.items()})
+    seen = recording_envs(monkeypatch, module)
+    vector_envs = record_calls(monkeypatch, module, "make_envs")
+    module.evaluate(tmp_path / "agent.pt", "Hopper-v4", eval_episodes=1, seed=1)
+    np.testing.assert_allclose(seen["obs"][0][0], -0.5, rtol=1e-6)
+    normalizer = vector_envs[0].envs[0]
+    while not isinstance(normalizer, gym.wrappers.NormalizeObservation):
+        normalizer = normalizer.env
+    np.testing.assert_array_equal(normalizer.obs_rms.mean, saved["mean"])
+    np.testing.assert_array_equal(normalizer.obs_rms.var, saved["var"])
+    assert normalizer.obs_rms.count == saved["count"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Flags and bad inputs
 # ---------------------------------------------------------------------------------------------------------------
