@@ -53,8 +53,6 @@ class Args:
     num_minibatches: int = 4  # the number of mini-batches
     update_epochs: int = 4  # the number of epochs over the batch per update
     norm_adv: bool = True  # Toggles advantages normalization
-    # normalize the advantages with each minibatch's own mean and std (PPO), or with the whole rollout's
-    norm_adv_stats: Literal["minibatch", "rollout"] = "minibatch"
     clip_coef: float = 0.2  # the surrogate clipping coefficient
     clip_vloss: bool = True  # Toggles whether or not to use a clipped loss for the value function, as per the paper.
     ent_coef: float = 0.01  # coefficient of the entropy
@@ -65,15 +63,12 @@ class Args:
     # BLPO specific arguments
     nested_updates: int = 10  # K: critic steps per minibatch, K - 1 alone, the last with the actor's (1 is PPO)
     hypergrad: bool = True  # follow the hypergradient h = g - c; --no-hypergrad follows the direct gradient g
-    # solver of x = (H + rho I)^-1 v: conjugate gradient, stabilized Nystrom, the paper's Nystrom, a dense solve, or the
-    # exact solve with H's Gauss-Newton part, which every solver falls back to where it fails (H + rho I indefinite)
-    ihvp: Literal["cg", "nystrom", "nystrom-paper", "exact", "gauss-newton"] = "gauss-newton"
-    ihvp_rank: int = 5  # k: the solver's Hessian-vector products (CG iterations, or Nystrom's sketch size)
+    # solver of x = (H + rho I)^-1 v: conjugate gradient, the paper's Nystrom, a dense solve, or the exact solve with
+    # H's Gauss-Newton part, which every solver falls back to where it fails (H + rho I indefinite)
+    ihvp: Literal["cg", "nystrom", "exact", "gauss-newton"] = "gauss-newton"
+    ihvp_rank: int = 5  # k: the solver's Hessian-vector products (CG iterations, or Nystrom's sampled rows)
     ihvp_rho: float = 50.0  # rho: regularizer of the inverse Hessian
     hypergrad_bound: float = 1.4  # beta: the correction's norm is capped at beta times the direct gradient's
-    # c capped at beta ||g|| (the paper's), c rescaled to exactly beta ||g||, or a random direction of that size
-    correction: Literal["bounded", "fixed", "random"] = "bounded"
-    flip_mixed_sign: bool = False  # the other sign of the mixed term: h = g + c
     ihvp_check_every: int = 0  # every N-th update, log c's error against the exact IHVP's (0: off)
 
     # to be filled in runtime
@@ -87,8 +82,8 @@ def check_args(args: Args) -> None:
     versions = [(m.__name__, m.__version__, need) for m, need in ((gym, "1.1"), (torch, "2.4"))]
     too_old = [f"{name} {v} is too old (< {need})" for name, v, need in versions if TorchVersion(v) < need]
     batch_size = args.num_envs * args.num_steps
-    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
-    counts += ["nested_updates", "ihvp_rank"]
+    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "nested_updates"]
+    counts += ["ihvp_rank"]
     for bad, message in [
         (too_old, "; ".join(too_old) + ": pip install -r requirements.txt"),
         *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],
@@ -97,7 +92,6 @@ def check_args(args: Args) -> None:
         (args.total_timesteps < batch_size, f"--total-timesteps is less than one batch ({batch_size} steps)"),
         (not args.ihvp_rho > 0, f"--ihvp-rho must be positive, got {args.ihvp_rho}"),
         (not args.hypergrad_bound >= 0, f"--hypergrad-bound must be non-negative, got {args.hypergrad_bound}"),
-        (args.correction != "bounded" and math.isinf(args.hypergrad_bound), "--correction needs a finite beta"),
         (args.ihvp_check_every < 0, f"--ihvp-check-every must be 0 (off) or positive, got {args.ihvp_check_every}"),
     ]:
         if bad:
@@ -396,27 +390,7 @@ def cg_ihvp(hvp, v, rho, iterations, tol=0.0):
     return x
 
 
-def gaussian_sketch(dim, rank, generator):
-    """Omega (dim, rank): an orthonormal basis of a Gaussian random subspace, fresh from `generator`."""
-    return torch.linalg.qr(torch.randn(dim, rank, generator=generator))[0]
-
-
-def nystrom_ihvp(hvp, v, rho, sketch):
-    """(H_nys + rho I)^-1 v for H_nys = Y M^+ Y^T, Y = H Omega, M = Omega^T H Omega, with M's pseudo-inverse on its
-    positive eigenvalues only (Frangella, Tropp and Udell's stable form): finite for any H, exact for rank = dim and
-    H positive semi-definite."""
-    y = hvp(sketch.T).T  # (d, k): H Omega, one batched product
-    core = sketch.T @ y
-    eigvals, eigvecs = torch.linalg.eigh((core + core.T) / 2)
-    keep = eigvals > eigvals.abs().max() * len(eigvals) * torch.finfo(eigvals.dtype).eps
-    if not keep.any():
-        return v / rho
-    f = (y @ eigvecs[:, keep]) / eigvals[keep].sqrt()  # H_nys = F F^T
-    inner = rho * torch.eye(f.shape[1], dtype=v.dtype, device=v.device) + f.T @ f
-    return (v - f @ torch.linalg.solve(inner, f.T @ v)) / rho
-
-
-def paper_nystrom_ihvp(rows, coords, v, rho):
+def nystrom_ihvp(rows, coords, v, rho):
     """The paper's Nystrom, H_nys = C^T M^-1 C for C = H[S, :] at k coordinates S and M = C[:, S], by Woodbury:
     x = v / rho - C^T (rho M + C C^T)^-1 C v / rho. NaN where rho M + C C^T is singular (a zero Hessian row)."""
     inner = rho * rows[:, coords] + rows @ rows.T
@@ -445,6 +419,11 @@ def critic_jacobian(critic_fn, w, obs):
     return torch.func.jacrev(lambda w_: critic_fn(w_, obs))(w.detach())
 
 
+def gauss_newton_hvp(jac):
+    """u -> G u for the Gauss-Newton part G = (2/B) J^T J of H, u one vector (d,) or a batch (k, d)."""
+    return lambda u: (2 / jac.shape[0]) * (u @ jac.T) @ jac
+
+
 def gauss_newton_ihvp(jac, v, rho):
     """x = (G + rho I)^-1 v exactly, G = (2/B) J^T J the Gauss-Newton part of H: H adds (2/B) sum_i (V(s_i) - G_i)
     d^2 V(s_i) / dw^2, the only source of negative eigenvalues, so G + rho I >= rho I. Woodbury on G's rank B, in
@@ -454,23 +433,14 @@ def gauss_newton_ihvp(jac, v, rho):
     return ((v64 - j.T @ torch.linalg.solve(inner, j @ v64)) / rho).to(v.dtype)
 
 
-def dense_gauss_newton_ihvp(jac, v, rho):
-    """(G + rho I)^-1 v by a dense float64 solve with G = (2/B) J^T J built explicitly: the check of the above."""
-    j = jac.double()
-    regularized = (2 / j.shape[0]) * j.T @ j + rho * torch.eye(j.shape[1], dtype=j.dtype, device=j.device)
-    return torch.linalg.solve(regularized, v.double()).to(v.dtype)
-
-
 def solve_ihvp(hvp, v, args, generator):
-    """x with the chosen solver and k = ihvp_rank; the sketch or the coordinates are fresh from `generator`."""
+    """x with the chosen solver and k = ihvp_rank; Nystrom's k coordinates are fresh from `generator`."""
     rho, rank, dim = args.ihvp_rho, args.ihvp_rank, v.numel()
     if args.ihvp == "cg":
         return cg_ihvp(hvp, v, rho, rank)
     if args.ihvp == "nystrom":
-        return nystrom_ihvp(hvp, v, rho, gaussian_sketch(dim, rank, generator).to(v.device))
-    if args.ihvp == "nystrom-paper":
         coords = torch.randperm(dim, generator=generator)[:rank].to(v.device)
-        return paper_nystrom_ihvp(hessian_rows(hvp, coords, dim), coords, v, rho)
+        return nystrom_ihvp(hessian_rows(hvp, coords, dim), coords, v, rho)
     return exact_ihvp(hvp, v, rho)
 
 
@@ -488,20 +458,13 @@ def correction(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params):
     return mixed_term(ratio, mb_returns - values, u, actor_params)
 
 
-def random_direction(c, generator):
-    """The random control's stand-in for c: a Gaussian vector, fresh from `generator`, whose norm the size rule sets;
-    a non-finite c is kept, so that the update falls back as c's would."""
-    direction = torch.randn(c.shape, generator=generator).to(c.device)
-    return direction if torch.isfinite(c).all() else c
-
-
-def bounded_hypergradient(g, c, bound, fixed=False):
-    """h = g - c with c rescaled to norm at most bound * ||g||, or to exactly bound * ||g|| if `fixed`; a non-finite c
-    falls back to h = g. Returns (h, scale), scale the factor c was multiplied by (NaN on the fallback)."""
+def bounded_hypergradient(g, c, bound):
+    """h = g - c with c rescaled to norm at most bound * ||g||; a non-finite c falls back to h = g. Returns (h, scale),
+    scale the factor c was multiplied by (NaN on the fallback)."""
     if not torch.isfinite(c).all():
         return g, math.nan
     c_norm, limit = c.norm(), bound * g.norm()
-    if (fixed and c_norm > 0) or c_norm > limit:
+    if c_norm > limit:
         return g - c * (limit / c_norm), (limit / c_norm).item()
     return g - c, 1.0
 
@@ -520,31 +483,25 @@ def cosine(a, b):
 
 
 class HypergradStats:
-    """The diagnostics: means since the last `pop_means`, the run's counts of updates and non-finite fallbacks, and
-    for the actor tensors [(name, size)] in g's order the run's sums of g, of the applied d = g - h and of d^2."""
+    """The diagnostics: means since the last `pop_means`, and the run's counts of updates, of updates whose solver
+    failed and took the Gauss-Newton system, and of non-finite corrections that fell back to h = g."""
 
-    def __init__(self, actor_tensors=()):
-        self.actor_tensors, self.updates, self.fallbacks, self.values = actor_tensors, 0, 0, defaultdict(list)
-        self.gauss_newton = 0  # updates whose solver failed (H + rho I indefinite) and took the Gauss-Newton system
-        self.sum_g = self.sum_applied = self.sum_applied_sq = 0.0
+    def __init__(self):
+        self.updates, self.gauss_newton, self.fallbacks, self.values = 0, 0, 0, defaultdict(list)
 
     def record(self, **values):
         for name, value in values.items():
             self.values[name].append(value)
 
-    def add(self, g, c, h, scale):
-        """One update: g, c before the size rule, h, and the size rule's factor (NaN: c was not finite, h = g)."""
+    def add(self, g, c, scale):
+        """One update: g, c before the bound, and the bound's factor (NaN: c was not finite, h = g)."""
         self.updates += 1
-        applied = (g - h).detach()
-        self.sum_g, self.sum_applied = self.sum_g + g, self.sum_applied + applied
-        self.sum_applied_sq = self.sum_applied_sq + applied**2
         if math.isnan(scale):
             self.fallbacks += 1
             return
         g_norm, c_norm = g.norm().item(), c.norm().item()
         self.record(direct_grad_norm=g_norm, correction_norm=c_norm, correction_ratio=c_norm / max(g_norm, 1e-12))
-        self.record(cos_correction_direct=cosine(c, g), cos_applied_correction=cosine(applied, c))
-        self.record(bound_active_frac=float(scale < 1), enlarged_frac=float(scale > 1))
+        self.record(cos_correction_direct=cosine(c, g), bound_active_frac=float(scale < 1))
 
     def add_check(self, c, c_exact):
         """The correction c against the exact IHVP's: ||c - c*|| / ||c*|| and cos(c, c*)."""
@@ -554,18 +511,6 @@ class HypergradStats:
         means = {name: sum(values) / len(values) for name, values in self.values.items()}
         self.values.clear()
         return means
-
-    def push(self):
-        """Per actor tensor, over the run: ||sum d|| / ||sum g||, cos(sum d, sum g) and ||sum d|| / sqrt(sum ||d||^2)
-        (sqrt(updates) for a constant push)."""
-        sizes = [size for _, size in self.actor_tensors]
-        parts = zip(*(t.split(sizes) for t in (self.sum_applied, self.sum_g, self.sum_applied_sq)))
-        push = {}
-        for (name, _), (d, g, d_sq) in zip(self.actor_tensors, parts):
-            push[f"push/{name}/ratio"] = (d.norm() / max(g.norm(), 1e-12)).item()
-            push[f"push/{name}/cos_direct"] = cosine(d, g)
-            push[f"push/{name}/coherence"] = (d.norm() / max(d_sq.sum().sqrt(), 1e-12)).item()
-        return push
 
 
 def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generator, stats):
@@ -597,9 +542,7 @@ def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generato
         w = flat(agent.critic.parameters()).detach().requires_grad_()
         all_values = critic_fn(w, batch.states.flatten(0, 1)).view(batch.states.shape[:2])
         mb_advantages = anchored_advantages(mb_advantages, critic_advantages(all_values, batch, mb_inds, args.gamma))
-    if args.norm_adv and args.norm_adv_stats == "rollout":
-        mb_advantages = (mb_advantages - batch.advantages.mean()) / (batch.advantages.std() + 1e-8)
-    elif args.norm_adv:
+    if args.norm_adv:
         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
     pg_loss = clipped_surrogate(ratio, mb_advantages, args.clip_coef)
@@ -610,10 +553,11 @@ def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generato
     optimizer.zero_grad()
     loss.backward(retain_graph=args.hypergrad)
     if args.hypergrad:
-        # 3c. Hypergradient h = g - (d^2 L / d theta d w) (H + rho I)^-1 v, H the Hessian of the critic's loss L(w)
         actor_params = agent.actor_parameters()
         g, v = flat(p.grad for p in actor_params), w.grad
-        x = hvp = None  # hvp: u -> H u for L(w) = mean (V_w(s) - G)^2; x ~ (H + rho I)^-1 v
+
+        # 3c. IHVP: x ~ (H + rho I)^-1 v, H the Hessian of the critic's loss L(w) = mean (V_w(s) - G)^2
+        x = hvp = None
         if args.ihvp != "gauss-newton":
             hvp = squared_error_hvp(agent.critic, w, mb_obs, mb_returns)
             x = solve_ihvp(hvp, v, args, generator)
@@ -621,22 +565,24 @@ def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generato
         if gauss_newton:  # x = (G + rho I)^-1 v, G the Gauss-Newton part of H
             jacobian = critic_jacobian(critic_fn, w, mb_obs)
             x = gauss_newton_ihvp(jacobian, v, args.ihvp_rho)
-        c = correction(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params)  # c = (d^2 L / d theta d w) x
-        c = -c if args.flip_mixed_sign else c
-        applied = random_direction(c, generator) if args.correction == "random" else c
-        h, scale = bounded_hypergradient(g, applied, args.hypergrad_bound, fixed=args.correction != "bounded")
+
+        # 3d. Mixed term: c = (d^2 L / d theta d w) x
+        c = correction(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params)
+
+        # 3e. Bound: h = g - c with ||c|| capped at beta ||g||; a non-finite c falls back to h = g
+        h, scale = bounded_hypergradient(g, c, args.hypergrad_bound)
         set_grads(actor_params, h)
 
-        # the diagnostics; every ihvp_check_every-th update also c from the exact x
-        stats.add(g, c, h, scale)
+        # Diagnostics: the sizes and the fallbacks; every ihvp_check_every-th update, c against the exact x's
+        stats.add(g, c, scale)
         stats.gauss_newton += gauss_newton and args.ihvp != "gauss-newton"
         if args.ihvp_check_every and stats.updates % args.ihvp_check_every == 0 and not math.isnan(scale):
-            exact = dense_gauss_newton_ihvp(jacobian, v, args.ihvp_rho) if gauss_newton else None
-            x_exact = exact_ihvp(hvp, v, args.ihvp_rho) if exact is None else exact
-            c_exact = correction(x_exact, ratio, critic_fn, w, mb_obs, mb_returns, actor_params)
-            stats.add_check(c, -c_exact if args.flip_mixed_sign else c_exact)
+            if gauss_newton:  # the system the update solved: H replaced by G, G u = (2/B) J^T J u
+                hvp = gauss_newton_hvp(jacobian)
+            x_exact = exact_ihvp(hvp, v, args.ihvp_rho)
+            stats.add_check(c, correction(x_exact, ratio, critic_fn, w, mb_obs, mb_returns, actor_params))
 
-    # 3d. One step of both networks, as PPO's: the critic's K-th, the actor's first; clip the joint norm, then Adam
+    # 3f. Step: both networks, as PPO's (the critic's K-th, the actor's first): clip the joint norm, then Adam
     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
     optimizer.step()
     losses = dict(value_loss=v_loss, policy_loss=pg_loss, entropy=entropy_loss)
@@ -725,9 +671,8 @@ if __name__ == "__main__":
     num_critic_params = sum(p.numel() for p in agent.critic.parameters())
     if args.ihvp_rank > num_critic_params:
         sys.exit(f"error: --ihvp-rank {args.ihvp_rank} exceeds the critic's {num_critic_params} parameters")
-    generator = torch.Generator().manual_seed(args.seed)  # the IHVP's sketches and random directions, fresh per call
-    names = {p: name for name, p in agent.named_parameters()}
-    stats = HypergradStats([(names[p], p.numel()) for p in agent.actor_parameters()])
+    generator = torch.Generator().manual_seed(args.seed)  # Nystrom's coordinates, fresh per call
+    stats = HypergradStats()
 
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
@@ -808,12 +753,8 @@ if __name__ == "__main__":
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, global_step)
             if args.hypergrad:
-                scalars = {
-                    **stats.pop_means(),
-                    "nonfinite_fallbacks": stats.fallbacks,
-                    "gauss_newton_fallbacks": stats.gauss_newton,
-                    **stats.push(),
-                }
+                scalars = stats.pop_means()
+                scalars |= {"nonfinite_fallbacks": stats.fallbacks, "gauss_newton_fallbacks": stats.gauss_newton}
                 for name, value in scalars.items():
                     writer.add_scalar(f"hypergrad/{name}", value, global_step)
             progress.set_postfix(SPS=sps, ret=np.mean(recent_returns) if recent_returns else np.nan, refresh=False)

@@ -25,12 +25,11 @@ HELPERS = {
     "squared_error_hvp": "3c. Hessian setup (the critic's forward and backward pass)",
     "hvp_one": "3c. Hessian-vector products",
     "nystrom_ihvp": "3c. solve",
-    "paper_nystrom_ihvp": "3c. solve",
     "cg_ihvp": "3c. solve",
     "exact_ihvp": "3c. solve",
     "critic_jacobian": "3c. Gauss-Newton Jacobian",
     "gauss_newton_ihvp": "3c. solve",
-    "correction": "3c. mixed term",
+    "correction": "3d. mixed term",
 }
 """hypergradient helpers that name a finer stage than their step comment"""
 STEP_SCOPES = ("<module>", "update_minibatch")

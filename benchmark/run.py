@@ -205,6 +205,7 @@ def launch(
         str(total_timesteps),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MUJOCO_GL="egl")
+    commit = git_commit()
     start = time.time()
     with open(directory / "run.log", "w") as log:
         returncode = (workers or Workers()).run(command, cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -219,6 +220,7 @@ def launch(
         "seed": seed,
         "total_timesteps": total_timesteps,
         "command": shlex.join(["python", variant.script, *command[2:]]),
+        "commit": commit,
         "returncode": returncode,
         "wall_clock_s": wall_clock,
         "sps": total_timesteps / wall_clock,
@@ -227,6 +229,15 @@ def launch(
     if returncode == 0:
         (directory / "record.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def git_commit() -> str:
+    """The repository's commit as a run starts (with `+dirty` if tracked files differ from it), or "unknown"."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def finished(directory: Path) -> bool:

@@ -32,9 +32,7 @@ VARIANTS = {
     "BLPO --no-hypergrad (PPO-Nested, K = 3)": dict(hypergrad=False),
     "BLPO, CG k = 5 (default)": dict(),
     "BLPO, CG k = 20": dict(ihvp_rank=20),
-    "BLPO, stabilized Nystrom k = 5": dict(ihvp="nystrom"),
-    "BLPO, stabilized Nystrom k = 20": dict(ihvp="nystrom", ihvp_rank=20),
-    "BLPO, the paper's Nystrom k = 5": dict(ihvp="nystrom-paper"),
+    "BLPO, the paper's Nystrom k = 5": dict(ihvp="nystrom"),
 }
 
 

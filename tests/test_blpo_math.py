@@ -39,21 +39,20 @@ def relative_error(x, exact):
     return ((x - exact).norm() / exact.norm()).item()
 
 
-def test_paper_nystrom_full_rank_equals_dense_solve(blpo):
+def test_nystrom_full_rank_equals_dense_solve(blpo):
     """The paper's Woodbury form: with k = d, H_nys = H and (H + rho I) x = v is solved exactly, indefinite H too."""
     gen = torch.Generator().manual_seed(0)
     d, rho = 12, 0.7
     h = random_symmetric(d, gen) + 3 * torch.eye(d)
     v = torch.randn(d, generator=gen)
     coords = torch.randperm(d, generator=gen)
-    x = blpo.paper_nystrom_ihvp(h[coords], coords, v, rho)
+    x = blpo.nystrom_ihvp(h[coords], coords, v, rho)
     torch.testing.assert_close(x, torch.linalg.solve(h + rho * torch.eye(d), v), rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("sketch", ["coordinates", "gaussian"])
-def test_nystrom_error_shrinks_with_rank(blpo, sketch):
-    """On a low-rank-plus-noise PSD Hessian the IHVP error falls as k grows and vanishes at k = d, for the paper's
-    coordinate sampling and for the stabilized Gaussian sketch."""
+def test_nystrom_error_shrinks_with_rank(blpo):
+    """On a low-rank-plus-noise PSD Hessian the IHVP error falls as k sampled coordinates grow and vanishes at
+    k = d."""
     gen = torch.Generator().manual_seed(1)
     d, rho = 40, 0.1
     h = psd_low_rank(d, 6, gen)
@@ -61,10 +60,8 @@ def test_nystrom_error_shrinks_with_rank(blpo, sketch):
     exact = torch.linalg.solve(h + rho * torch.eye(d), v)
 
     def solve(k):
-        if sketch == "gaussian":
-            return blpo.nystrom_ihvp(lambda u: u @ h, v, rho, blpo.gaussian_sketch(d, k, gen))
         coords = torch.randperm(d, generator=gen)[:k]
-        return blpo.paper_nystrom_ihvp(h[coords], coords, v, rho)
+        return blpo.nystrom_ihvp(h[coords], coords, v, rho)
 
     def mean_error(k, draws=30):
         return sum(relative_error(solve(k), exact) for _ in range(draws)) / draws
@@ -74,32 +71,10 @@ def test_nystrom_error_shrinks_with_rank(blpo, sketch):
     assert mean_error(d, draws=1) < 1e-8
 
 
-def test_gaussian_sketch_is_orthonormal_and_seeded(blpo):
-    a = blpo.gaussian_sketch(50, 5, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(a.T @ a, torch.eye(5))
-    assert torch.equal(a, blpo.gaussian_sketch(50, 5, torch.Generator().manual_seed(3)))
-
-
-def test_stabilized_nystrom_keeps_the_positive_part_of_an_indefinite_h(blpo):
-    """With k = d the stabilized form solves (H_+ + rho I) x = v, H_+ the positive part of H: finite and exact for
-    that matrix, where the paper's core can be singular."""
-    gen = torch.Generator().manual_seed(2)
-    d, rho = 10, 0.5
-    h = random_symmetric(d, gen)
-    eigvals, eigvecs = torch.linalg.eigh(h)
-    assert eigvals.min() < -0.5 and eigvals.max() > 0.5
-    positive = eigvecs @ torch.diag(eigvals.clamp(min=0)) @ eigvecs.T
-    v = torch.randn(d, generator=gen)
-    x = blpo.nystrom_ihvp(lambda u: u @ h, v, rho, blpo.gaussian_sketch(d, d, gen))
-    torch.testing.assert_close(x, torch.linalg.solve(positive + rho * torch.eye(d), v))
-    for k in (1, 3, 5):
-        assert torch.isfinite(blpo.nystrom_ihvp(lambda u: u @ h, v, rho, blpo.gaussian_sketch(d, k, gen))).all()
-
-
-def test_paper_nystrom_singular_system_gives_nan(blpo):
+def test_nystrom_singular_system_gives_nan(blpo):
     """A singular rho M + C C^T is reported as non-finite, for the caller's fallback."""
     rows = torch.zeros(2, 5)
-    x = blpo.paper_nystrom_ihvp(rows, torch.tensor([0, 1]), torch.ones(5), 1.0)
+    x = blpo.nystrom_ihvp(rows, torch.tensor([0, 1]), torch.ones(5), 1.0)
     assert torch.isnan(x).all()
 
 
@@ -157,31 +132,17 @@ class ZeroInputProblem:
 
 @pytest.mark.parametrize("rho", [50.0, 1.0])
 def test_zero_hessian_rows_break_only_the_papers_nystrom(blpo, rho):
-    """Five coordinates that include a zero Hessian row: the paper's exact core is singular (NaN); the default
-    solver (CG) and the stabilized Nystrom on the same coordinates or on a Gaussian sketch stay finite and close
-    to the exact x. Measured relative errors at rho = 50 / 1: CG 4e-11 / 0.002, stabilized Nystrom 0.005-0.018 /
-    0.19-0.31, which is no better than ignoring H (x = v / rho: 0.003 / 0.18)."""
+    """Five coordinates that include a zero Hessian row: the paper's exact core is singular (NaN, for the caller's
+    Gauss-Newton fallback); the default solver (CG) stays finite and close to the exact x. Measured relative errors
+    at rho = 50 / 1: CG 4e-11 / 0.002."""
     problem = ZeroInputProblem(blpo, rho)
     assert len(problem.zero_rows) == 8  # the 8 weights of the zero input
     d = problem.w.numel()
     coords = torch.cat([problem.zero_rows[:1], torch.tensor([9, 20, 30, 40])])
     rows = blpo.hessian_rows(problem.hvp, coords, d)
-    assert torch.isnan(blpo.paper_nystrom_ihvp(rows, coords, problem.v, rho)).all()
-
-    unit = torch.zeros(d, 5)
-    unit[coords, torch.arange(5)] = 1.0
-    bound = 0.05 if rho == 50.0 else 0.5
-    solutions = {
-        "cg": blpo.cg_ihvp(problem.hvp, problem.v, rho, 5),
-        "nystrom-coordinates": blpo.nystrom_ihvp(problem.hvp, problem.v, rho, unit),
-        "nystrom-gaussian": blpo.nystrom_ihvp(
-            problem.hvp, problem.v, rho, blpo.gaussian_sketch(d, 5, torch.Generator().manual_seed(6))
-        ),
-    }
-    errors = {name: relative_error(x, problem.exact) for name, x in solutions.items()}
-    assert all(torch.isfinite(x).all() for x in solutions.values())
-    assert all(error < bound for error in errors.values()), errors
-    assert errors["cg"] < (1e-4 if rho == 50.0 else 0.1), errors
+    assert torch.isnan(blpo.nystrom_ihvp(rows, coords, problem.v, rho)).all()
+    x = blpo.cg_ihvp(problem.hvp, problem.v, rho, 5)
+    assert torch.isfinite(x).all() and relative_error(x, problem.exact) < (1e-4 if rho == 50.0 else 0.1)
 
 
 # --- Hessian rows -------------------------------------------------------------------------------
@@ -342,57 +303,21 @@ def test_bound_caps_the_correction(blpo):
     assert torch.equal(h, g) and math.isnan(scale)
 
 
-def test_fixed_size_rescales_the_correction_both_ways(blpo):
-    """--correction fixed: ||h - g|| = beta ||g|| whether c was shorter or longer, along -c; NaN still falls back."""
-    g, c = torch.tensor([3.0, 4.0]), torch.tensor([0.6, -0.8])
-    for factor, expected_scale in ((0.1, 10 * 2.5), (10.0, 2.5 / 10)):
-        h, scale = blpo.bounded_hypergradient(g, factor * c, 0.5, fixed=True)
-        torch.testing.assert_close(h, g - 2.5 * c)
-        assert scale == pytest.approx(expected_scale)
-    h, scale = blpo.bounded_hypergradient(g, torch.tensor([float("inf"), 0.0]), 0.5, fixed=True)
-    assert torch.equal(h, g) and math.isnan(scale)
-
-
-def test_random_direction_is_fresh_seeded_and_keeps_a_nonfinite_c(blpo):
-    c = torch.tensor([1.0, 2.0, 3.0])
-    first, twin = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
-    draws = [blpo.random_direction(c, first) for _ in range(2)]
-    assert torch.equal(draws[0], torch.randn(3, generator=twin)) and torch.equal(
-        draws[1], torch.randn(3, generator=twin)
-    )
-    assert not torch.equal(draws[0], draws[1])
-    nan = torch.tensor([float("nan"), 0.0, 0.0])
-    assert blpo.random_direction(nan, first) is nan
-
-
 def test_stats_count_fallbacks_and_average_the_rest(blpo):
     stats = blpo.HypergradStats()
     g = torch.tensor([1.0, 0.0])
-    stats.add(g, torch.tensor([float("nan"), 0.0]), g, math.nan)
-    stats.add(g, torch.tensor([0.5, 0.0]), g - torch.tensor([0.5, 0.0]), 1.0)
-    stats.add(g, torch.tensor([0.0, 2.0]), g - torch.tensor([0.0, 1.0]), 0.5)
-    stats.add(g, torch.tensor([0.0, -0.5]), g - torch.tensor([1.0, 0.0]), 2.0)  # a direction other than c's
+    stats.add(g, torch.tensor([float("nan"), 0.0]), math.nan)
+    stats.add(g, torch.tensor([0.5, 0.0]), 1.0)
+    stats.add(g, torch.tensor([0.0, 2.0]), 0.5)
+    stats.add(g, torch.tensor([0.0, -0.5]), 1.0)
     stats.add_check(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0]))
     assert stats.updates == 4 and stats.fallbacks == 1
     means = stats.pop_means()
     assert means["correction_ratio"] == pytest.approx((0.5 + 2 + 0.5) / 3)
     assert means["cos_correction_direct"] == pytest.approx(1 / 3)
-    assert means["cos_applied_correction"] == pytest.approx(2 / 3)
-    assert means["bound_active_frac"] == pytest.approx(1 / 3) and means["enlarged_frac"] == pytest.approx(1 / 3)
+    assert means["bound_active_frac"] == pytest.approx(1 / 3)
     assert means["ihvp_error"] == pytest.approx(1.0) and means["ihvp_cos"] == pytest.approx(2**-0.5)
     assert stats.pop_means() == {}
-
-
-def test_push_splits_the_runs_sums_by_tensor(blpo):
-    """Per tensor: ||sum d|| / ||sum g||, cos(sum d, sum g), ||sum d|| / sqrt(sum ||d||^2), d = g - h."""
-    stats = blpo.HypergradStats([("a", 2), ("b", 1)])
-    g = torch.tensor([2.0, 0.0, 1.0])
-    for d in ([1.0, 0.0, 1.0], [1.0, 0.0, -1.0]):  # tensor "a" pushed one way twice, tensor "b" back and forth
-        stats.add(g, torch.tensor(d), g - torch.tensor(d), 1.0)
-    push = stats.push()
-    assert push["push/a/ratio"] == pytest.approx(0.5) and push["push/a/cos_direct"] == pytest.approx(1.0)
-    assert push["push/a/coherence"] == pytest.approx(2 / 2**0.5)  # a constant push: sqrt(updates)
-    assert push["push/b/ratio"] == 0.0 and push["push/b/coherence"] == 0.0
 
 
 # --- The Gauss-Newton IHVP, every solver's fallback where H + rho I is indefinite ------------------------------
@@ -416,7 +341,9 @@ def test_gauss_newton_ihvp_is_the_dense_solve_of_the_gauss_newton_system(blpo):
     torch.testing.assert_close(jac, j)
     dense = torch.linalg.solve(2 / 6 * j.T @ j + 0.3 * torch.eye(21), v)
     torch.testing.assert_close(blpo.gauss_newton_ihvp(jac, v, 0.3), dense)
-    torch.testing.assert_close(blpo.dense_gauss_newton_ihvp(jac, v, 0.3), dense)
+    u = torch.randn(2, 21, generator=gen)
+    torch.testing.assert_close(blpo.gauss_newton_hvp(jac)(u), u @ (2 / 6 * j.T @ j))
+    torch.testing.assert_close(blpo.gauss_newton_hvp(jac)(u[0]), u[0] @ (2 / 6 * j.T @ j))
 
     linear = nn.Sequential(nn.Linear(3, 1))
     linear_fn, w_lin = blpo.functional_critic(linear), blpo.flat(linear.parameters())

@@ -1,37 +1,30 @@
-"""The BLPO scripts end to end, in subprocesses: the hypergradient diagnostics of tiny runs with each IHVP solver, the
-rollout's advantage statistics and --no-hypergrad, and a short CartPole run that has to learn. What the three
+"""The BLPO scripts end to end, in subprocesses: the hypergradient diagnostics of tiny runs with each IHVP solver,
+--no-hypergrad, and a short CartPole run that has to learn. What the three
 scripts do alike is tested in test_scripts.py; what one update computes, and how the main loop calls it, in-process
 in test_blpo_update.py; the math helpers in test_blpo_math.py."""
 
-import importlib
 import math
 
 import numpy as np
 import pytest
 from conftest import BLPO_SCRIPTS, CLEANRL_TAGS, TINY
-from scripts import ScriptRuns, read_scalars
+from scripts import ScriptRuns, read_scalars, run_scripts
 
 HYPERGRAD_TAGS = [
     "hypergrad/direct_grad_norm",
     "hypergrad/correction_norm",
     "hypergrad/correction_ratio",
     "hypergrad/cos_correction_direct",
-    "hypergrad/cos_applied_correction",
     "hypergrad/bound_active_frac",
-    "hypergrad/enlarged_frac",
     "hypergrad/nonfinite_fallbacks",
     "hypergrad/gauss_newton_fallbacks",
 ]
 CHECK_TAGS = ["hypergrad/ihvp_error", "hypergrad/ihvp_cos"]
-# Full BLPO at its CartPole defaults for 50k steps: the mean of the last 20 returns was 447.9 (seed 1) and 385.9
-# (seed 2); a random policy scores about 20, CleanRL's PPO about 200-300 at this budget.
 LEARNING_STEPS = 50_000
-LEARNING_THRESHOLD = 250.0
+LEARNING_THRESHOLD = 150.0
 VARIANTS = {
     "checked": ["--ihvp-check-every", "2"],
     "nystrom": ["--ihvp", "nystrom"],
-    "nystrom-paper": ["--ihvp", "nystrom-paper"],
-    "rollout-norm": ["--norm-adv-stats", "rollout"],
     "no-hypergrad": ["--no-hypergrad"],
 }
 
@@ -40,13 +33,12 @@ pytestmark = pytest.mark.usefixtures("run_in_tmp_cwd")
 
 @pytest.fixture(scope="module")
 def script_runs(tmp_path_factory):
-    """The tiny runs `{script}/{variant}` and the CartPole `learning` run, started once for the module."""
+    """The tiny runs `{script}/{variant}`, started once for the module."""
     commands = {
         f"{script}/{variant}": TINY[script].command(script, *flags)
         for script in BLPO_SCRIPTS
         for variant, flags in VARIANTS.items()
     }
-    commands["learning"] = ["blpo_discrete.py", "--total-timesteps", str(LEARNING_STEPS), "--seed", "1"]
     with ScriptRuns(tmp_path_factory.mktemp("blpo_runs"), commands) as runs:
         yield runs
 
@@ -64,36 +56,20 @@ def per_iteration_values(scalars, tag: str, script: str) -> list[float]:
 @pytest.mark.parametrize("script", BLPO_SCRIPTS)
 def test_tiny_run_logs_sane_hypergrad_diagnostics(script_runs, script, variant):
     """Every solver's run logs the CleanRL scalars and every hypergrad/ scalar once per iteration, finite and within
-    its range, and the push of the applied correction per actor tensor; with --ihvp-check-every the default solver's
+    its range; with --ihvp-check-every the default solver's
     error against the exact IHVP is small (CG, 5 steps, rho = 50)."""
     scalars = read_scalars(script_runs[f"{script}/{variant}"].run_dir())
     assert not [tag for tag in CLEANRL_TAGS if tag not in scalars], sorted(scalars)
     expected = HYPERGRAD_TAGS + (CHECK_TAGS if variant == "checked" else [])
-    assert sorted(tag for tag in scalars if tag.startswith("hypergrad/") and "/push/" not in tag) == sorted(expected)
+    assert sorted(tag for tag in scalars if tag.startswith("hypergrad/")) == sorted(expected)
     values = {tag.removeprefix("hypergrad/"): per_iteration_values(scalars, tag, script) for tag in expected}
     assert values["nonfinite_fallbacks"] == [0, 0]
-    assert all(0 <= v <= 1 for v in values["bound_active_frac"] + values["enlarged_frac"])
-    assert all(abs(v) <= 1 + 1e-6 for v in values["cos_correction_direct"] + values["cos_applied_correction"])
+    assert all(0 <= v <= 1 for v in values["bound_active_frac"])
+    assert all(abs(v) <= 1 + 1e-6 for v in values["cos_correction_direct"])
     assert all(v > 0 for v in values["direct_grad_norm"] + values["correction_norm"] + values["correction_ratio"])
-    actor = [name for name, _ in importlib.import_module(script).Agent(4, 2).named_parameters() if "critic" not in name]
-    push = [f"hypergrad/push/{name}/{stat}" for name in actor for stat in ("ratio", "cos_direct", "coherence")]
-    assert sorted(tag for tag in scalars if "/push/" in tag) == sorted(push)
     if variant == "checked":
         assert all(0 <= v < 1e-3 for v in values["ihvp_error"]), values["ihvp_error"]
         assert all(v > 0.999 for v in values["ihvp_cos"]), values["ihvp_cos"]
-
-
-@pytest.mark.parametrize("script", BLPO_SCRIPTS)
-def test_minibatch_normalization_removes_most_of_the_correction(script_runs, script):
-    """Subtracting each minibatch's own mean advantage blinds l to a shared shift of the critic's values, the shift
-    the correction mostly acts on: with the rollout's statistics the correction is many times larger."""
-    ratio = {
-        variant: per_iteration_values(
-            read_scalars(script_runs[f"{script}/{variant}"].run_dir()), "hypergrad/correction_ratio", script
-        )
-        for variant in ("checked", "rollout-norm")
-    }
-    assert all(r >= 10 * m for r, m in zip(ratio["rollout-norm"], ratio["checked"])), ratio
 
 
 @pytest.mark.parametrize("script", BLPO_SCRIPTS)
@@ -104,10 +80,15 @@ def test_no_hypergrad_logs_no_hypergrad_scalars(script_runs, script):
     assert [tag for tag in scalars if tag.startswith("hypergrad/")] == []
 
 
-def test_blpo_discrete_learns_cartpole(script_runs):
+@pytest.mark.cpu_numbers
+def test_blpo_discrete_learns_cartpole(tmp_path):
     """Full BLPO at its defaults, with the budget cut to LEARNING_STEPS (the learning rate anneals to 0 over it),
-    balances the pole: the last 20 episodes average at least LEARNING_THRESHOLD."""
-    scalars = read_scalars(script_runs["learning"].run_dir())
+    balances the pole: the last 20 episodes average at least LEARNING_THRESHOLD. A random policy scores about 20.
+    Measured for seeds 1-5 (this test runs seed 1), on the machine's own kernels (AVX-512, MKL): 376.6, 203.2, 264.6,
+    319.6, 339.6; with ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE: 395.6, 264.8, 338.3, 299.8, 392.2.
+    The worst of the ten, 203.2, clears the threshold by 53 (35%)."""
+    run = run_scripts(tmp_path, {"learning": ["blpo_discrete.py", "--total-timesteps", str(LEARNING_STEPS)]})
+    scalars = read_scalars(run["learning"].run_dir())
     returns = [value for _, value in scalars["charts/episodic_return"]]
     assert len(returns) >= 20
     last_mean = np.mean(returns[-20:])

@@ -15,7 +15,9 @@ from benchmark import profile_stages
 @pytest.mark.parametrize("script", ["blpo_discrete.py", "blpo_continuous.py", "ppo_continuous.py"])
 def test_step_comments_in_paper_order(script):
     labels = [label.split(".")[0] for _, label in profile_stages.step_comments(ROOT / script)]
-    update = ["3a", "3b", "3c", "3d"] if script.startswith("blpo") else []  # update_minibatch precedes the main loop
+    update = (
+        ["3a", "3b", "3c", "3d", "3e", "3f"] if script.startswith("blpo") else []
+    )  # update_minibatch precedes the main loop
     assert labels == [*update, "1", "2", "3", "4"]
 
 

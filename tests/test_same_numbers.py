@@ -28,10 +28,6 @@ SMALL_MUJOCO = ["--env-id", "Hopper-v4", "--total-timesteps", "4096", "--num-ste
 RUNS = {
     "ppo_continuous": SMALL_MUJOCO + ["--update-epochs", "2"],
     "blpo_continuous": SMALL_MUJOCO + ["--update-epochs", "2"],
-    "blpo_continuous-fixed-flipped": SMALL_MUJOCO
-    + ["--update-epochs", "1", "--correction", "fixed", "--flip-mixed-sign"],
-    "blpo_continuous-random": SMALL_MUJOCO
-    + ["--update-epochs", "1", "--correction", "random", "--hypergrad-bound", "1"],
     "blpo_discrete": ["--env-id", "CartPole-v1", "--total-timesteps", "2048"],
 }
 
