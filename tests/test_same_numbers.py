@@ -25,10 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
 PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1"}
 SMALL_MUJOCO = ["--env-id", "Hopper-v4", "--total-timesteps", "4096", "--num-steps", "1024", "--num-minibatches", "8"]
+AUTHORS_SMALL = ["--num-envs", "4", "--num-steps", "128", "--num-minibatches", "4", "--update-epochs", "2"]
+AUTHORS_SMALL += ["--total-timesteps", "1024"]
 RUNS = {
     "ppo_continuous": SMALL_MUJOCO + ["--update-epochs", "2"],
     "blpo_continuous": SMALL_MUJOCO + ["--update-epochs", "2"],
     "blpo_discrete": ["--env-id", "CartPole-v1", "--total-timesteps", "2048"],
+    **{f"blpo_continuous_authors-{algo}": AUTHORS_SMALL + ["--algo", algo] for algo in ("blpo", "nested", "ppo")},
 }
 
 pytestmark = pytest.mark.cpu_numbers
