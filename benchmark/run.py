@@ -4,13 +4,17 @@
         --env-ids HalfCheetah-v4 Hopper-v4 --seeds 1 2 3 --total-timesteps 1000000
 
 A variant is `SCRIPT [FLAGS...]`, optionally named `NAME=SCRIPT [FLAGS...]`. Each run lives in
-`{out}/{variant}/{env_id}/seed{seed}/`: the script runs there (its TensorBoard events land in `runs/`),
-its output goes to `run.log`, and `record.json` is written once it has finished. A run with a record
-is skipped, so an interrupted grid resumes where it stopped. Ctrl-C stops the running runs and names
-the runs that did not finish.
+`{out}/{variant}/{env_id}/seed{seed}/`: the script runs there (its TensorBoard events land in `runs/`, which git
+ignores), its output goes to `run.log`, and once it has finished its compact record: `episodes.csv` (every episode's
+global step, return, length and seconds) and `record.json` (the command, the commit, wall-clock, SPS and a summary of
+the scalars the tables use). A run with a record is skipped, so an interrupted grid resumes where it stopped; a run
+that fails leaves `failed.json` with its last error line, and the grid goes on. Ctrl-C stops the running runs and
+names the runs that did not finish. `--backend ray` runs each (variant, env, seed) as a Ray task of one CPU, on a
+local Ray or on the cluster at `--ray-address`; the records come back to `{out}`, so no shared filesystem is needed.
 
 After the grid, or alone with `--aggregate-only`, every finished run under `{out}` is aggregated from
-its TensorBoard events into `summary.md` (Markdown tables headed by the command line), `summary.csv`
+its compact record (a run that has only events is converted first) into `summary.md` (Markdown tables headed by the
+command line), `summary.csv`
 (one row per env and variant, per-seed values included) and `{env_id}.png` (return against steps,
 mean ± std over seeds). CleanRL's PPO episodes, when `REFERENCE_CSV`
 exists, add a reference row and a reference curve.
@@ -28,6 +32,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +42,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -55,6 +61,8 @@ ENTROPY = "losses/entropy"
 """the policy entropy, reported by its last value: whether the policy collapsed by the end"""
 FALLBACKS = "hypergrad/nonfinite_fallbacks"
 """a counter: reported by its final value, summed over seeds, instead of its mean"""
+EPISODES_CSV = "episodes.csv"
+"""a run's episodes in its compact record: global_step, return, length, seconds (since the run's first event)"""
 EXTREMES = {"hypergrad/correction_ratio": max, "hypergrad/ihvp_error": max, "hypergrad/ihvp_cos": min}
 """diagnostics whose extreme logged value, over the run and over seeds, is reported beside their mean"""
 PUSH = "hypergrad/push/"
@@ -62,11 +70,8 @@ PUSH = "hypergrad/push/"
 BASELINES = ("ppo", "ppo-nested")
 """the variants every other variant is compared with by the probability of improvement, unless `--baselines` says"""
 BOOTSTRAP_REPS = 500
-"""bootstrap resamples behind every confidence interval. rliable's default of 50,000 would take ~10 minutes: its
-probability of improvement runs scipy's Mann-Whitney U test (~0.4 ms) once per pair, task and resample. With 500,
-aggregating benchmark/results (12 rows, 8 (variant, baseline) pairs on 2 envs) took 21 s of CPU, and 19 rows with 20
-pairs 30 s, a third of it reading the events. With few seeds P takes few values, and the interval's ends move by one
-of its steps between generator seeds at 5,000 resamples as at 500"""
+"""bootstrap resamples behind every confidence interval (rliable's default is 50,000). With few seeds P takes few
+values, and the interval's ends move by one of its steps between generator seeds at 5,000 resamples as at 500"""
 MIN_SEEDS = 5
 """the fewest seeds of each variant on each task for a verdict that one variant beats another"""
 BOOTSTRAP_SEED = 0
@@ -85,7 +90,13 @@ class Args:
     total_timesteps: int = 1000000
     """environment steps per run"""
     workers: int = os.cpu_count() or 1
-    """runs at once, each with one torch thread"""
+    """runs at once on this machine (`--backend local`, or the CPUs of a local Ray), each with one torch thread"""
+    backend: Literal["local", "ray"] = "local"
+    """where the runs execute: processes on this machine, or Ray tasks of one CPU each"""
+    ray_address: str | None = None
+    """with --backend ray, the HOST:PORT of a running Ray cluster to join; without it a local Ray is started"""
+    ray_events: bool = False
+    """with --backend ray, also bring each run's TensorBoard events back to `out` (the compact record always comes)"""
     out: Path = ROOT / "benchmark" / "out"
     """folder of the run directories and of the aggregated table, CSV and plots (the default is git-ignored; the
     committed results live in benchmark/results/)"""
@@ -128,6 +139,24 @@ def parse_variant(entry: str) -> Variant:
     if not name:
         name = "_".join([Path(script).stem] + [re.sub(r"^-+", "", f) for f in flags])
     return Variant(re.sub(r"[^\w.-]+", "-", name), script, flags)
+
+
+def check_variants(variants: list[Variant]) -> None:
+    """Stop before any run if two variants share a name or a variant passes a flag its script does not take (read
+    from the script's --help)."""
+    names = [v.name for v in variants]
+    if len(set(names)) < len(names):
+        fail(f"two variants are named {next(n for n in names if names.count(n) > 1)!r}; give each its own NAME=")
+    helps = {}
+    for variant in variants:
+        if variant.script not in helps:
+            result = subprocess.run(
+                [sys.executable, str(ROOT / variant.script), "--help"], capture_output=True, text=True, timeout=120
+            )
+            helps[variant.script] = result.stdout
+        for flag in (f.partition("=")[0] for f in variant.flags if f.startswith("--")):
+            if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[variant.script]):
+                fail(f"variant {variant.name!r}: {variant.script} has no flag {flag} (see its --help)")
 
 
 def check_env_ids(env_ids: list[str]) -> None:
@@ -176,7 +205,7 @@ def run_dir(out: Path, variant: Variant, env_id: str, seed: int) -> Path:
     return out / variant.name / env_id / f"seed{seed}"
 
 
-def launch(
+def execute_run(
     variant: Variant,
     env_id: str,
     seed: int,
@@ -184,17 +213,21 @@ def launch(
     directory: Path,
     extra_flags: tuple[str, ...] = (),
     workers: Workers | None = None,
+    root: Path = ROOT,
+    commit: str | None = None,
 ) -> dict | None:
-    """Run one training run to completion in `directory` (as one of `workers`, if given); write and return its
-    record, or return None when the workers were stopped before it started.
+    """Run one training run to completion in `directory` (as one of `workers`, if given) with the scripts of `root`;
+    write its compact record (record.json and episodes.csv), or failed.json if it failed, and return the record, or
+    None when the workers were stopped before it started.
 
-    `extra_flags` go to the script after the variant's own flags (e.g. `--track`)."""
+    `extra_flags` go to the script after the variant's own flags (e.g. `--track`); `commit` is the repository's,
+    looked up in `root` if not given."""
     if directory.exists():
         shutil.rmtree(directory)  # leftovers of an interrupted run
     directory.mkdir(parents=True)
     command = [
         sys.executable,
-        str(ROOT / variant.script),
+        str(root / variant.script),
         *variant.flags,
         *extra_flags,
         "--env-id",
@@ -205,7 +238,7 @@ def launch(
         str(total_timesteps),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MUJOCO_GL="egl")
-    commit = git_commit()
+    commit = commit or git_commit(root)
     start = time.time()
     with open(directory / "run.log", "w") as log:
         returncode = (workers or Workers()).run(command, cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -225,18 +258,25 @@ def launch(
         "wall_clock_s": wall_clock,
         "sps": total_timesteps / wall_clock,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
     }
     if returncode == 0:
         (directory / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+        compact_record(directory)
+    else:
+        lines = (directory / "run.log").read_text(errors="replace").strip().splitlines()
+        errors = [line for line in lines if line.startswith("error:") or "Error" in line]
+        record["error"] = (errors or lines or ["(no output)"])[-1][-300:]
+        (directory / "failed.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
-def git_commit() -> str:
-    """The repository's commit as a run starts (with `+dirty` if tracked files differ from it), or "unknown"."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+def git_commit(root: Path = ROOT) -> str:
+    """The commit of the checkout at `root` (with `+dirty` if tracked files differ from it), or "unknown"."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
     if head.returncode != 0:
         return "unknown"
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root, capture_output=True).returncode != 0
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
@@ -249,26 +289,68 @@ def tracking_flags(args: Args) -> tuple[str, ...]:
     return ("--track", "--wandb-project-name", args.wandb_project_name) if args.track else ()
 
 
-def run_grid(args: Args, variants: list[Variant]) -> int:
-    """Launch the grid's unfinished runs on `args.workers` workers; return how many failed."""
+class Progress:
+    """The grid's progress line after each finished run: done, running, failed, left, and an estimated finish from
+    the mean duration of the runs finished so far."""
+
+    def __init__(self, total: int, slots: int):
+        self.total, self.slots, self.durations, self.failed = total, max(1, slots), [], 0
+        self.lock = threading.Lock()
+
+    def finished(self, name: str, record: dict, where: Path) -> None:
+        with self.lock:
+            self.durations.append(record["wall_clock_s"])
+            ok = record["returncode"] == 0
+            self.failed += not ok
+            done = len(self.durations)
+            running = min(self.slots, self.total - done)
+            left = self.total - done - running
+            eta = time.time() + np.mean(self.durations) * math.ceil((running + left) / self.slots)
+            status = (
+                "ok" if ok else f"FAILED ({record['returncode']}: {record.get('error', '')}), see {where / 'run.log'}"
+            )
+            where = record.get("host", "?")
+            print(
+                f"{name}: {status}, {record['wall_clock_s']:.0f} s on {where}; {done - self.failed} done, "
+                f"{running} running, {self.failed} failed, {left} left"
+                + (f", finish about {time.strftime('%H:%M', time.localtime(eta))}" if running + left else ""),
+                flush=True,
+            )
+
+
+def grid_jobs(args: Args, variants: list[Variant]) -> tuple[list, list]:
+    """Every (variant, env, seed, directory) of the grid, and those without a record yet."""
     jobs = [
         (v, env_id, seed, run_dir(args.out, v, env_id, seed))
         for env_id in args.env_ids
         for seed in args.seeds
         for v in variants
     ]
-    todo = [job for job in jobs if not finished(job[3])]
-    print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already finished, {len(todo)} to run on {args.workers} workers")
+    return jobs, [job for job in jobs if not finished(job[3])]
 
-    workers = Workers()
+
+def interrupted(todo: list) -> None:
+    unfinished = [f"{v.name} {env_id} seed {seed}" for v, env_id, seed, directory in todo if not finished(directory)]
+    print(
+        f"interrupted: {len(unfinished)} run(s) did not finish: {', '.join(unfinished)}; the same command resumes them",
+        file=sys.stderr,
+    )
+    sys.exit(130)
+
+
+def run_grid(args: Args, variants: list[Variant]) -> int:
+    """Launch the grid's unfinished runs on `args.workers` local workers; return how many failed."""
+    jobs, todo = grid_jobs(args, variants)
+    print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already finished, {len(todo)} to run on {args.workers} workers")
+    workers, progress, commit = Workers(), Progress(len(todo), args.workers), git_commit()
 
     def work(job):
         variant, env_id, seed, directory = job
-        record = launch(variant, env_id, seed, args.total_timesteps, directory, tracking_flags(args), workers)
+        flags = tracking_flags(args)
+        record = execute_run(variant, env_id, seed, args.total_timesteps, directory, flags, workers, commit=commit)
         if record is None or workers.stopped:
             return record  # Ctrl-C: the main thread reports
-        status = "ok" if record["returncode"] == 0 else f"FAILED ({record['returncode']}), see {directory / 'run.log'}"
-        print(f"{variant.name} {env_id} seed {seed}: {status}, {record['wall_clock_s']:.0f} s", flush=True)
+        progress.finished(f"{variant.name} {env_id} seed {seed}", record, directory)
         return record
 
     pool = ThreadPoolExecutor(max_workers=max(1, args.workers))
@@ -278,17 +360,86 @@ def run_grid(args: Args, variants: list[Variant]) -> int:
         pool.shutdown(wait=False, cancel_futures=True)
         workers.stop()
         pool.shutdown(wait=True)
-        unfinished = [
-            f"{v.name} {env_id} seed {seed}" for v, env_id, seed, directory in todo if not finished(directory)
-        ]
-        print(
-            f"interrupted: {len(unfinished)} run(s) did not finish: {', '.join(unfinished)}; "
-            "the same command resumes them",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+        interrupted(todo)
     pool.shutdown()
     return sum(r["returncode"] != 0 for r in records)
+
+
+# The Ray backend: each run a task of one CPU; no shared filesystem, the records come back to the driver
+
+
+def ray_run(variant: Variant, env_id: str, seed: int, total: int, flags: tuple, commit: str, events: bool) -> dict:
+    """On a Ray worker: one training run in a fresh folder, with the scripts of the task's working directory (the
+    repository, shipped by Ray); returns its files (the compact record or failed.json, and the events if asked) by
+    path relative to the run's folder."""
+    import tempfile
+
+    root = Path.cwd() if (Path.cwd() / variant.script).is_file() else ROOT
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "run"
+        record = execute_run(variant, env_id, seed, total, directory, flags, root=root, commit=commit)
+        keep = ["record.json", EPISODES_CSV, "failed.json", "run.log"]
+        paths = [directory / name for name in keep] + (list(directory.glob("runs/**/*")) if events else [])
+        files = {str(p.relative_to(directory)): p.read_bytes() for p in paths if p.is_file()}
+    return {"record": record, "files": files}
+
+
+def check_reachable(address: str) -> None:
+    """Stop with one line unless a TCP connection to HOST:PORT opens within 5 s (Ray itself would wait)."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        fail(f"cannot reach a Ray cluster at --ray-address {address!r} ({e}); give the head node's HOST:PORT")
+
+
+def run_grid_ray(args: Args, variants: list[Variant]) -> int:
+    """Submit the grid's unfinished runs as Ray tasks of one CPU each, write what each returns into `args.out`, and
+    return how many failed."""
+    if not args.ray_address:  # a local Ray on loopback (its node address 127.0.0.1, as Ray does on macOS and Windows)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_worker_niceness", "0")  # not Ray's 15: beside other work, nice 15 runs 10x slower
+    import ray
+
+    if args.ray_address:
+        check_reachable(args.ray_address)
+    runtime_env = {"working_dir": str(ROOT), "excludes": [".git", "benchmark/results", "benchmark/archive", "runs"]}
+    options = dict(runtime_env=runtime_env, log_to_driver=False, logging_level="ERROR")
+    if args.ray_address:
+        ray.init(address=args.ray_address, **options)
+    else:  # a local cluster on loopback only
+        ray.init(num_cpus=args.workers, include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+    try:
+        cpus, nodes = int(ray.cluster_resources().get("CPU", 0)), len(ray.nodes())
+        print(f"ray: cluster at {ray.get_runtime_context().gcs_address}, {cpus} CPUs, {nodes} node(s)")
+        jobs, todo = grid_jobs(args, variants)
+        print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already finished, {len(todo)} to run as Ray tasks")
+        task, progress, commit = ray.remote(num_cpus=1)(ray_run), Progress(len(todo), cpus), git_commit()
+        pending = {
+            task.remote(v, env_id, seed, args.total_timesteps, tracking_flags(args), commit, args.ray_events): job
+            for job in todo
+            for v, env_id, seed, _ in [job]
+        }
+        failed = 0
+        try:
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                variant, env_id, seed, directory = pending.pop(ref)
+                result = ray.get(ref)
+                if directory.exists():
+                    shutil.rmtree(directory)
+                for name, data in result["files"].items():
+                    (directory / name).parent.mkdir(parents=True, exist_ok=True)
+                    (directory / name).write_bytes(data)
+                failed += result["record"]["returncode"] != 0
+                progress.finished(f"{variant.name} {env_id} seed {seed}", result["record"], directory)
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            interrupted(todo)
+        return failed
+    finally:
+        ray.shutdown()
 
 
 # Aggregation
@@ -370,26 +521,53 @@ def load_scalars(directory: Path) -> tuple[dict[str, list], float]:
     return {tag: sorted(events, key=lambda e: e.step) for tag, events in scalars.items()}, start
 
 
-def load_run(record_path: Path) -> Run:
-    """The run whose record is `record_path`, read from its TensorBoard events."""
-    record = json.loads(record_path.read_text())
-    scalars, start = load_scalars(record_path.parent)
-    returns = scalars.get("charts/episodic_return", [])
-    episodes = Episodes(
-        seed=record["seed"],
-        steps=np.array([e.step for e in returns], dtype=float),
-        returns=np.array([e.value for e in returns], dtype=float),
-        seconds=np.array([e.wall_time - start for e in returns], dtype=float),
-    )
-    diagnostics = {
-        tag: events[-1].value if tag == FALLBACKS else float(np.mean([e.value for e in events]))
-        for tag, events in scalars.items()
-        if tag.startswith("hypergrad/") and not tag.startswith(PUSH)
+def summarize_events(directory: Path) -> tuple[list[tuple], dict]:
+    """From a run's TensorBoard events: its episodes as (global step, return, length, seconds since the run's first
+    event), and the summary the tables use: the last policy entropy, the whole-run value of each `hypergrad/*` scalar
+    (the final count for FALLBACKS, else the mean), the extreme of each EXTREMES scalar, the final PUSH values."""
+    scalars, start = load_scalars(directory)
+    returns, lengths = scalars.get("charts/episodic_return", []), scalars.get("charts/episodic_length", [])
+    lengths = [e.value for e in lengths] if len(lengths) == len(returns) else [math.nan] * len(returns)
+    episodes = [(e.step, e.value, length, e.wall_time - start) for e, length in zip(returns, lengths)]
+    summary = {
+        "final_entropy": scalars[ENTROPY][-1].value if ENTROPY in scalars else math.nan,
+        "diagnostics": {
+            tag: events[-1].value if tag == FALLBACKS else float(np.mean([e.value for e in events]))
+            for tag, events in scalars.items()
+            if tag.startswith("hypergrad/") and not tag.startswith(PUSH)
+        },
+        "extremes": {tag: pick(e.value for e in scalars[tag]) for tag, pick in EXTREMES.items() if tag in scalars},
+        "push": {tag.removeprefix(PUSH): events[-1].value for tag, events in scalars.items() if tag.startswith(PUSH)},
     }
-    extremes = {tag: pick(e.value for e in scalars[tag]) for tag, pick in EXTREMES.items() if tag in scalars}
-    push = {tag.removeprefix(PUSH): events[-1].value for tag, events in scalars.items() if tag.startswith(PUSH)}
-    final_entropy = scalars[ENTROPY][-1].value if ENTROPY in scalars else math.nan
-    return Run(record, episodes, final_entropy, diagnostics, extremes, push)
+    return episodes, summary
+
+
+def compact_record(directory: Path) -> None:
+    """Write the compact record of the finished run in `directory` from its events: episodes.csv, and the summary
+    into record.json."""
+    episodes, summary = summarize_events(directory)
+    with (directory / EPISODES_CSV).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["global_step", "return", "length", "seconds"])
+        writer.writerows(
+            (step, repr(float(r)), repr(float(length)), repr(float(sec))) for step, r, length, sec in episodes
+        )
+    record = json.loads((directory / "record.json").read_text())
+    (directory / "record.json").write_text(json.dumps(record | {"summary": summary}, indent=1) + "\n")
+
+
+def load_run(record_path: Path) -> Run:
+    """The run whose record is `record_path`, from its compact record; a run with events only (made before compact
+    records) is converted first."""
+    directory = record_path.parent
+    record = json.loads(record_path.read_text())
+    if "summary" not in record or not (directory / EPISODES_CSV).is_file():
+        compact_record(directory)
+        record = json.loads(record_path.read_text())
+    table = np.loadtxt(directory / EPISODES_CSV, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 4)
+    episodes = Episodes(record["seed"], table[:, 0], table[:, 1], table[:, 3])
+    summary = record["summary"]
+    return Run(record, episodes, summary["final_entropy"], summary["diagnostics"], summary["extremes"], summary["push"])
 
 
 def load_reference(path: Path) -> dict[str, list[Episodes]]:
@@ -434,31 +612,46 @@ def finite(values: list[float]) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def bootstrap(scores: np.ndarray | list[np.ndarray], statistic, seed: int = BOOTSTRAP_SEED) -> list[Interval]:
-    """Each value `statistic` (a number or a 1D array) takes on `scores`, with its 95% CI from rliable's stratified
-    bootstrap (BOOTSTRAP_REPS resamples of the runs of each task). An array is a (runs x tasks) matrix; a list of
-    them is resampled array by array, and `statistic` then takes each array as an argument. The global generator
-    rliable draws from is seeded with `seed` for the call, so that the same scores give the same intervals every
-    time, and restored afterwards."""
-    from rliable import library as rly
+def stratified_resamples(arrays: list[np.ndarray], reps: int) -> list[np.ndarray]:
+    """rliable's stratified bootstrap resamples of (runs x tasks) arrays, drawn as rliable draws them from NumPy's
+    global generator (per resample, per array, np.random.choice(runs, shape)), stacked: one (reps, runs, tasks) array
+    per input array."""
+    draws = [[np.random.choice(a.shape[0], a.shape, replace=True) for a in arrays] for _ in range(reps)]
+    columns = [np.arange(a.shape[1]) for a in arrays]
+    return [a[np.stack([d[i] for d in draws]), columns[i]] for i, a in enumerate(arrays)]
 
+
+def bootstrap(scores: list[np.ndarray], statistic, seed: int = BOOTSTRAP_SEED) -> list[Interval]:
+    """Each value `statistic` takes on `scores` (a list of (runs x tasks) arrays, resampled independently), with its
+    95% percentile CI over BOOTSTRAP_REPS stratified resamples: rliable's get_interval_estimates, with the statistic
+    computed by NumPy over all resamples at once. `statistic(*arrays)` takes arrays with a leading resample axis and
+    returns (resamples, values). NumPy's global generator is seeded with `seed` for the call, so that the same scores
+    give the same intervals every time, and restored afterwards."""
     state = np.random.get_state()
     np.random.seed(seed)
     try:
-        point, interval = rly.get_interval_estimates({"": scores}, statistic, reps=BOOTSTRAP_REPS)
+        resamples = stratified_resamples(scores, BOOTSTRAP_REPS)
     finally:
         np.random.set_state(state)
-    values, (lows, highs) = np.atleast_1d(point[""]), np.reshape(interval[""], (2, -1))
-    return [Interval(float(v), float(low), float(high)) for v, low, high in zip(values, lows, highs)]
+    point = statistic(*[a[None] for a in scores])[0]
+    alpha = 1 - 0.95  # arch's percentile interval, as rliable calls it
+    lows, highs = np.percentile(statistic(*resamples), [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    return [Interval(float(v), float(low), float(high)) for v, low, high in zip(point, lows, highs)]
+
+
+def trimmed_mean(scores: np.ndarray) -> np.ndarray:
+    """rliable's aggregate_iqm (scipy's trim_mean, 25% off each end over runs and tasks) of each resample:
+    (reps, runs, tasks) -> (reps, 1)."""
+    flat = np.sort(scores.reshape(len(scores), -1), axis=1)
+    cut = int(0.25 * flat.shape[1])
+    return flat[:, cut : flat.shape[1] - cut].mean(axis=1, keepdims=True)
 
 
 def iqm(returns: list[float]) -> Interval:
     """Interquartile mean (25% trimmed off each end) of the seeds' finite returns, with its 95% CI; below 4 seeds
     nothing is trimmed and it is their mean. With one seed the interval is that seed's return."""
-    from rliable import metrics
-
     scores = finite(returns)
-    return bootstrap(scores[:, None], metrics.aggregate_iqm)[0] if scores.size else Interval()
+    return bootstrap([scores[:, None]], trimmed_mean)[0] if scores.size else Interval()
 
 
 def seed_stats(episodes: list[Episodes], totals: list[int], threshold: float | None) -> dict:
@@ -530,6 +723,14 @@ class Improvement:
         self.draws = self.draws or [self.p]
 
 
+def mann_whitney_fraction(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """rliable's probability_of_improvement on one task for each resample: the Mann-Whitney U of X over Y divided by
+    the number of pairs, the fraction of pairs X wins with ties counting half: (reps, nx, 1), (reps, ny, 1) ->
+    (reps,)."""
+    x, y = x[:, :, None, 0], y[:, None, :, 0]
+    return (x > y).mean(axis=(1, 2)) + 0.5 * (x == y).mean(axis=(1, 2))
+
+
 def probability_of_improvement(
     pairs: list[tuple[np.ndarray, np.ndarray]], seed: int = BOOTSTRAP_SEED
 ) -> list[Interval]:
@@ -537,12 +738,11 @@ def probability_of_improvement(
     given as an (X returns, Y returns) pair, then averaged over the tasks, each with its 95% CI. Each array is
     resampled on its own, so X and Y may have different numbers of seeds on any task, as rliable's
     probability_of_improvement allows (it divides the Mann-Whitney U by the product of the two counts)."""
-    from rliable import metrics
 
     def per_task_and_average(*scores: np.ndarray) -> np.ndarray:
         # one bootstrap for the tasks and their average, which rliable would only average over equal seed counts
-        per_task = [metrics.probability_of_improvement(x, y) for x, y in zip(scores[::2], scores[1::2])]
-        return np.array([*per_task, np.mean(per_task)])
+        per_task = np.stack([mann_whitney_fraction(x, y) for x, y in zip(scores[::2], scores[1::2])], axis=1)
+        return np.concatenate([per_task, per_task.mean(axis=1, keepdims=True)], axis=1)
 
     return bootstrap([scores[:, None] for pair in pairs for scores in pair], per_task_and_average, seed)
 
@@ -905,6 +1105,12 @@ def aggregate(
         plot_env(env_id, runs, env_reference, colors, out / f"{env_id}.png")
     found = improvements(rows, baselines, bootstrap_seeds)
     markdown = summary_markdown(rows, threshold, command, found, bootstrap_seeds)
+    failures = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/seed*/failed.json"))]
+    if failures:
+        lines = [
+            f"- {f['variant']} {f['env_id']} seed {f['seed']}: exit {f['returncode']}, {f['error']}" for f in failures
+        ]
+        markdown += "\nFailed runs, left out above:\n\n" + "\n".join(lines) + "\n"
     (out / "summary.md").write_text(markdown)
     write_csv([csv_record(row, threshold) for row in rows], out / "summary.csv")
     written = f"summary.md, summary.csv and {len(groups)} plot(s)"
@@ -934,13 +1140,16 @@ def main(args: Args) -> None:
     failed = 0
     if not args.aggregate_only:
         variants = [parse_variant(entry) for entry in args.variants]
+        check_variants(variants)
         check_env_ids(args.env_ids)
-        failed = run_grid(args, variants)
+        if args.backend == "ray" and args.ray_address:
+            check_reachable(args.ray_address)
+        failed = (run_grid_ray if args.backend == "ray" else run_grid)(args, variants)
     records = sorted(args.out.glob("*/*/seed*/record.json"))
     if records:
         aggregate(records, args.out, args.threshold, command_line(), args.baselines, args.bootstrap_seeds)
     if failed:
-        fail(f"{failed} run(s) failed; their run.log says why; run the grid again to retry them")
+        fail(f"{failed} run(s) failed; their failed.json and run.log say why; run the grid again to retry them")
     if not records:
         fail(f"no finished run (record.json) under {args.out}; run the grid first")
 

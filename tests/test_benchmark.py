@@ -448,3 +448,119 @@ def test_sweep_commands_parse():
         assert args.track and run.tracking_flags(args) == ("--track", "--wandb-project-name", "blpo")
         run.parse_variant(args.variants[0])
         run.check_env_ids(args.env_ids)
+
+
+# --- #35: compact records, the NumPy bootstrap against rliable's, bad input, and the Ray backend -----------------
+
+
+def rliable_intervals(scores, statistic, seed):
+    """rliable's own get_interval_estimates, with the generator seeded as run.bootstrap seeds it: (3, values)."""
+    from rliable import library as rly
+
+    np.random.seed(seed)
+    point, interval = rly.get_interval_estimates({"": scores}, statistic, reps=run.BOOTSTRAP_REPS)
+    return np.array([np.atleast_1d(point[""]), *np.reshape(interval[""], (2, -1))])
+
+
+def test_numpy_intervals_equal_rliables_on_random_scores():
+    """The IQM and P(X > Y) per task and over tasks, with their intervals, equal rliable's to 1e-9 on random scores:
+    1 to 7 seeds, ties, unequal seed counts, 1 to 3 tasks."""
+    from rliable import metrics
+
+    def rliable_improvement(*scores):
+        per_task = [metrics.probability_of_improvement(x, y) for x, y in zip(scores[::2], scores[1::2])]
+        return np.array([*per_task, np.mean(per_task)])
+
+    gen = np.random.default_rng(0)
+    for trial in range(12):
+        returns = np.round(2 * gen.normal(size=gen.integers(1, 8)))  # rounded: ties
+        mine = run.iqm(list(returns))
+        expected = rliable_intervals(returns[:, None], metrics.aggregate_iqm, run.BOOTSTRAP_SEED)
+        np.testing.assert_allclose([mine.value, mine.low, mine.high], expected[:, 0], rtol=0, atol=1e-9)
+        pairs = [
+            (np.round(2 * gen.normal(size=gen.integers(1, 8))), np.round(2 * gen.normal(size=gen.integers(1, 8))))
+            for _ in range(gen.integers(1, 4))
+        ]
+        mine = run.probability_of_improvement(pairs, seed=trial)
+        expected = rliable_intervals([s[:, None] for pair in pairs for s in pair], rliable_improvement, trial)
+        np.testing.assert_allclose([[i.value, i.low, i.high] for i in mine], expected.T, rtol=0, atol=1e-9)
+
+
+def test_compact_record_of_a_fresh_run_equals_its_events(tiny_grid):
+    """Every episode (step, return, length) and the final entropy in the compact record are the events' own."""
+    out, result = tiny_grid
+    assert result.returncode == 0, result.stderr
+    for directory in sorted(out.glob("*/*/seed*")):
+        record = json.loads((directory / "record.json").read_text())
+        scalars, _ = run.load_scalars(directory)
+        with (directory / run.EPISODES_CSV).open() as f:
+            rows = list(csv.DictReader(f))
+        assert [float(r["return"]) for r in rows] == [e.value for e in scalars["charts/episodic_return"]]
+        assert [int(r["global_step"]) for r in rows] == [e.step for e in scalars["charts/episodic_return"]]
+        assert [float(r["length"]) for r in rows] == [e.value for e in scalars["charts/episodic_length"]]
+        assert record["summary"]["final_entropy"] == scalars["losses/entropy"][-1].value
+        assert record["commit"] != "unknown" and record["command"].startswith("python ppo_continuous.py")
+    assert "4 done, 0 running, 0 failed, 0 left" in result.stdout
+
+
+COMMITTED_RUN = "benchmark/results/mujoco-1m/ppo/Hopper-v4/seed1"
+
+
+def test_conversion_of_a_committed_run_keeps_its_numbers(tmp_path):
+    """A run committed with its events at f754b0f, converted: the same last-10% return and final entropy as its
+    events give."""
+    listing = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", "f754b0f", COMMITTED_RUN], cwd=ROOT, capture_output=True, text=True
+    )
+    if listing.returncode != 0:
+        pytest.skip("this clone has no history to read the committed events from")
+    for path in listing.stdout.split():
+        target = tmp_path / Path(path).relative_to(COMMITTED_RUN)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(subprocess.run(["git", "show", f"f754b0f:{path}"], cwd=ROOT, capture_output=True).stdout)
+    (tmp_path / run.EPISODES_CSV).unlink(missing_ok=True)
+    record = json.loads((tmp_path / "record.json").read_text())
+    (tmp_path / "record.json").write_text(json.dumps({k: v for k, v in record.items() if k != "summary"}))
+    scalars, _ = run.load_scalars(tmp_path)
+    events = scalars["charts/episodic_return"]
+    from_events = run.Episodes(1, np.array([e.step for e in events], float), np.array([e.value for e in events]))
+    converted = run.load_run(tmp_path / "record.json")
+    assert run.last_fraction_mean(converted.episodes, 1_000_000) == run.last_fraction_mean(from_events, 1_000_000)
+    assert converted.final_entropy == scalars["losses/entropy"][-1].value
+    assert (tmp_path / run.EPISODES_CSV).is_file() and "summary" in json.loads((tmp_path / "record.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--variants", "a=ppo_continuous.py --no-such-flag 3"], "error: variant 'a': ppo_continuous.py has no flag "),
+        (["--variants", "a=ppo_continuous.py", "a=ppo_continuous.py --seed 2"], "error: two variants are named 'a'"),
+        (["--backend", "ray", "--ray-address", "127.0.0.1:9"], "error: cannot reach a Ray cluster at --ray-address"),
+    ],
+)
+def test_bad_grid_stops_before_any_run(tmp_path, flags, message):
+    out = tmp_path / "out"
+    result = runner(*flags, "--out", str(out))
+    assert result.returncode != 0
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert not out.exists()
+
+
+def test_ray_grid_gives_the_local_records_and_records_a_failure(tmp_path):
+    """A tiny grid (Pendulum-v1, seeds 1 and 2, 2,048 steps) on a local Ray: the same episodes, bit for bit, as the
+    local backend; a variant whose runs fail is recorded as failed, named in the summary, and the grid finishes."""
+    grid = ["--env-ids", "Pendulum-v1", "--seeds", "1", "2", "--total-timesteps", "2048", "--workers", "2"]
+    local = runner("--variants", f"ppo=ppo_continuous.py {TINY}", *grid, "--out", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr
+    variants = ["--variants", f"ppo=ppo_continuous.py {TINY}", "bad=ppo_continuous.py --num-minibatches 7"]
+    ray_grid = runner(*variants, *grid, "--backend", "ray", "--out", str(tmp_path / "ray"))
+    assert ray_grid.returncode != 0 and "2 run(s) failed" in ray_grid.stderr, ray_grid.stderr
+    assert "ray: cluster at 127.0.0.1:" in ray_grid.stdout and "4 to run as Ray tasks" in ray_grid.stdout
+    for seed in (1, 2):
+        here, there = (tmp_path / name / "ppo" / "Pendulum-v1" / f"seed{seed}" for name in ("local", "ray"))
+        columns = [np.loadtxt(d / run.EPISODES_CSV, delimiter=",", skiprows=1)[:, :3] for d in (here, there)]
+        assert np.array_equal(*columns) and len(columns[0]) == 10
+        failed = json.loads((tmp_path / "ray" / "bad" / "Pendulum-v1" / f"seed{seed}" / "failed.json").read_text())
+        assert failed["returncode"] != 0 and "--num-minibatches does not divide" in failed["error"]
+    summary = (tmp_path / "ray" / "summary.md").read_text()
+    assert "Failed runs, left out above:" in summary and "- bad Pendulum-v1 seed 2: exit 1," in summary
