@@ -59,8 +59,10 @@ GRID_POINTS = 100
 """points of the common grid the seeds' learning curves are interpolated onto"""
 ENTROPY = "losses/entropy"
 """the policy entropy, reported by its last value: whether the policy collapsed by the end"""
-FALLBACKS = "hypergrad/nonfinite_fallbacks"
-"""a counter: reported by its final value, summed over seeds, instead of its mean"""
+COUNTERS = ("hypergrad/nonfinite_fallbacks", "hypergrad/gauss_newton_fallbacks", "hypergrad/nonfinite_corrections")
+"""counts over the run so far: reported by their final value, summed over seeds, instead of their mean"""
+FINALS = ("hypergrad/logstd_push_ratio", "hypergrad/logstd_push_cos")
+"""statistics of the run so far: reported by their final value, averaged over seeds"""
 EPISODES_CSV = "episodes.csv"
 """a run's episodes in its compact record: global_step, return, length, seconds (since the run's first event)"""
 EXTREMES = {"hypergrad/correction_ratio": max, "hypergrad/ihvp_error": max, "hypergrad/ihvp_cos": min}
@@ -524,7 +526,8 @@ def load_scalars(directory: Path) -> tuple[dict[str, list], float]:
 def summarize_events(directory: Path) -> tuple[list[tuple], dict]:
     """From a run's TensorBoard events: its episodes as (global step, return, length, seconds since the run's first
     event), and the summary the tables use: the last policy entropy, the whole-run value of each `hypergrad/*` scalar
-    (the final count for FALLBACKS, else the mean), the extreme of each EXTREMES scalar, the final PUSH values."""
+    (the final value for COUNTERS and FINALS, else the mean), the extreme of each EXTREMES scalar, the final PUSH
+    values."""
     scalars, start = load_scalars(directory)
     returns, lengths = scalars.get("charts/episodic_return", []), scalars.get("charts/episodic_length", [])
     lengths = [e.value for e in lengths] if len(lengths) == len(returns) else [math.nan] * len(returns)
@@ -532,7 +535,7 @@ def summarize_events(directory: Path) -> tuple[list[tuple], dict]:
     summary = {
         "final_entropy": scalars[ENTROPY][-1].value if ENTROPY in scalars else math.nan,
         "diagnostics": {
-            tag: events[-1].value if tag == FALLBACKS else float(np.mean([e.value for e in events]))
+            tag: events[-1].value if tag in COUNTERS + FINALS else float(np.mean([e.value for e in events]))
             for tag, events in scalars.items()
             if tag.startswith("hypergrad/") and not tag.startswith(PUSH)
         },
@@ -549,9 +552,8 @@ def compact_record(directory: Path) -> None:
     with (directory / EPISODES_CSV).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["global_step", "return", "length", "seconds"])
-        writer.writerows(
-            (step, repr(float(r)), repr(float(length)), repr(float(sec))) for step, r, length, sec in episodes
-        )
+        rows = [(step, str(np.float32(r)), f"{length:g}", f"{sec:.1f}") for step, r, length, sec in episodes]
+        writer.writerows(rows)  # a float32's shortest repr: read back as float32, it is TensorBoard's value exactly
     record = json.loads((directory / "record.json").read_text())
     (directory / "record.json").write_text(json.dumps(record | {"summary": summary}, indent=1) + "\n")
 
@@ -564,8 +566,10 @@ def load_run(record_path: Path) -> Run:
     if "summary" not in record or not (directory / EPISODES_CSV).is_file():
         compact_record(directory)
         record = json.loads(record_path.read_text())
-    table = np.loadtxt(directory / EPISODES_CSV, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 4)
-    episodes = Episodes(record["seed"], table[:, 0], table[:, 1], table[:, 3])
+    path = directory / EPISODES_CSV
+    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 4)
+    returns = np.loadtxt(path, delimiter=",", skiprows=1, usecols=1, dtype=np.float32, ndmin=1).astype(float)
+    episodes = Episodes(record["seed"], table[:, 0], returns, table[:, 3])
     summary = record["summary"]
     return Run(record, episodes, summary["final_entropy"], summary["diagnostics"], summary["extremes"], summary["push"])
 
@@ -678,7 +682,7 @@ def variant_row(env_id: str, variant: str, runs: list[Run], threshold: float | N
         sps=float(np.mean([r.record["sps"] for r in runs])),
         final_entropies=[r.final_entropy for r in runs],
         diagnostics={
-            tag: (np.sum if tag == FALLBACKS else np.mean)([r.diagnostics.get(tag, math.nan) for r in runs])
+            tag: (np.sum if tag in COUNTERS else np.mean)([r.diagnostics.get(tag, math.nan) for r in runs])
             for tag in tags
         },
         extremes={
@@ -728,7 +732,7 @@ def mann_whitney_fraction(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     the number of pairs, the fraction of pairs X wins with ties counting half: (reps, nx, 1), (reps, ny, 1) ->
     (reps,)."""
     x, y = x[:, :, None, 0], y[:, None, :, 0]
-    return (x > y).mean(axis=(1, 2)) + 0.5 * (x == y).mean(axis=(1, 2))
+    return ((x > y).sum(axis=(1, 2)) + 0.5 * (x == y).sum(axis=(1, 2))) / (x.shape[1] * y.shape[2])
 
 
 def probability_of_improvement(
@@ -866,7 +870,7 @@ def diagnostics_table(rows: list[Row]) -> str:
     header += [f"{EXTREMES[tag].__name__} {tag.removeprefix('hypergrad/')}" for tag in extreme_tags]
     lines = [
         [row.env_id, row.variant]
-        + [number(row.diagnostics.get(tag, math.nan), ".0f" if tag == FALLBACKS else ".4g") for tag in tags]
+        + [number(row.diagnostics.get(tag, math.nan), ".0f" if tag in COUNTERS else ".4g") for tag in tags]
         + [number(row.extremes.get(tag, math.nan), ".4g") for tag in extreme_tags]
         for row in rows
     ]
@@ -939,7 +943,12 @@ def summary_markdown(
         text += [
             "Hypergradient diagnostics: mean over the whole run and over seeds; "
             "nonfinite_fallbacks is the final count, summed over seeds; "
-            "the max and min columns are the extreme value logged in any run.",
+            + (
+                "so are the other counts, and the log std push is its final value, averaged over seeds; "
+                if any(tag in row.diagnostics for row in diagnosed for tag in COUNTERS[2:] + FINALS)
+                else ""
+            )
+            + "the max and min columns are the extreme value logged in any run.",
             diagnostics_table(diagnosed),
         ]
     pushed = [row for row in rows if row.push]
