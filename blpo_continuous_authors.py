@@ -292,6 +292,15 @@ def set_grads(params, vector):
         p.grad = grad.view_as(p).clone()
 
 
+def minibatch_losses(v_loss, pg_loss, entropy, logratio, clip_coef):
+    """CleanRL's logged losses of one minibatch, with its KL estimates (http://joschu.net/blog/kl-approx.html)."""
+    with torch.no_grad():
+        ratio = logratio.exp()
+        kl = dict(old_approx_kl=(-logratio).mean(), approx_kl=((ratio - 1) - logratio).mean())
+        clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    return {"value_loss": v_loss, "policy_loss": pg_loss, "entropy": entropy.mean(), **kl, "clipfrac": clipfrac}
+
+
 def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats):
     """BLPO or PPO-Nested on one env's trajectory `traj` (obs, actions, logprobs, rewards, dones, targets and the
     bootstrap observation last_obs): K critic steps alone, then one actor step."""
@@ -335,10 +344,7 @@ def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats
     # 3f. Step: the actor alone, Adam, no clipping
     set_grads(actor_params, h)
     actor_opt.step()
-    with torch.no_grad():
-        kl = dict(old_approx_kl=(-logratio).mean(), approx_kl=((ratio - 1) - logratio).mean())
-        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-    return {"value_loss": v_loss, "policy_loss": pg_loss, "entropy": entropy.mean(), **kl, "clipfrac": clipfrac}
+    return minibatch_losses(v_loss, pg_loss, entropy, logratio, args.clip_coef)
 
 
 def update_samples(agent, actor_opt, critic_opt, mb, args):
@@ -354,10 +360,7 @@ def update_samples(agent, actor_opt, critic_opt, mb, args):
     critic_opt.zero_grad()
     v_loss.backward()
     critic_opt.step()
-    with torch.no_grad():
-        kl = dict(old_approx_kl=(-logratio).mean(), approx_kl=((ratio - 1) - logratio).mean())
-        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-    return {"value_loss": v_loss, "policy_loss": pg_loss, "entropy": entropy.mean(), **kl, "clipfrac": clipfrac}
+    return minibatch_losses(v_loss, pg_loss, entropy, logratio, args.clip_coef)
 
 
 class HypergradStats:
