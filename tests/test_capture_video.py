@@ -1,16 +1,18 @@
 """--capture-video with what requirements.txt installs: a short MuJoCo video (moviepy, EGL) and a short
-classic-control one (pygame-ce), each a one-iteration run, as rendering is slow. The MuJoCo run is on HalfCheetah,
-whose model makes MuJoCo warn that `settotalmass` is deprecated: the scripts silence that warning and keep MuJoCo's
-MUJOCO_LOG.TXT out of the working directory."""
+classic-control one (pygame-ce), each a one-iteration run (the authors' recipe's too), as rendering is slow. The
+MuJoCo run is on HalfCheetah, whose model makes MuJoCo warn that `settotalmass` is deprecated: the scripts silence
+that warning and keep MuJoCo's MUJOCO_LOG.TXT out of the working directory."""
 
 import pytest
 from conftest import TINY
 from scripts import run_scripts
 
 ONE_ITERATION = {script: ["--total-timesteps", str(TINY[script].batch), "--capture-video"] for script in TINY}
+ONE_ITERATION["blpo_continuous_authors"] = ["--total-timesteps", "256", "--capture-video"]
 RUNS = {
     "ppo_continuous": TINY["ppo_continuous"].command("ppo_continuous", "--env-id", "HalfCheetah-v4"),
     "blpo_discrete": TINY["blpo_discrete"].command("blpo_discrete"),
+    "blpo_continuous_authors": ["blpo_continuous_authors.py", "--num-envs", "2", "--num-steps", "128"],
 }
 
 
