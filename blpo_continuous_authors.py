@@ -401,6 +401,10 @@ class HypergradStats:
         return means | push | {"nonfinite_corrections": self.nonfinite}
 
 
+class NonFiniteWeights(Exception):
+    """The weights turned non-finite in an update; its argument is the state dict from before that update."""
+
+
 def save_model(path, agent, normalizer):
     """Weights plus the observation statistics the policy was trained with."""
     torch.save({"agent": agent.state_dict(), "obs_rms": vars(normalizer.obs_rms)}, path)
@@ -501,7 +505,7 @@ if __name__ == "__main__":
     next_obs = torch.Tensor(normalizer.obs(next_obs)).to(device)
     recent_returns = deque(maxlen=20)  # for the progress bar
     progress = tqdm(range(1, args.num_iterations + 1), unit="step", unit_scale=args.batch_size, dynamic_ncols=True)
-    interrupted = broken = False
+    interrupted, last_finite = False, None
     try:  # Ctrl-C ends the training: the model is saved as it is and the events are closed below
         for iteration in progress:
             if args.algo == "ppo":  # their linear_schedule: constant within an iteration
@@ -536,18 +540,16 @@ if __name__ == "__main__":
                 advantages = advantages_from_values(all_values, rewards.T, dones.T, discount, args.gamma).T
                 targets = advantages + values
 
-            # 3. Update: trajectories (blpo, nested) or shuffled samples (ppo), update_epochs passes
+            # 3. Update: update_epochs passes over shuffled samples (ppo) or over the envs' trajectories (blpo, nested)
             rollout = dict(obs=obs, actions=actions, logprobs=logprobs, rewards=rewards, dones=dones, targets=targets)
+            samples = {k: t.flatten(0, 1) for k, t in rollout.items()} | {"advantages": advantages.flatten()}
             clipfracs = []
             for epoch in range(args.update_epochs):
                 if args.algo == "ppo":
-                    samples = {k: t.flatten(0, 1) for k, t in rollout.items()} | {"advantages": advantages.flatten()}
                     b_inds = np.random.permutation(args.batch_size)
                     for start in range(0, args.batch_size, args.minibatch_size):
-                        mb_inds = b_inds[start : start + args.minibatch_size]
-                        losses = update_samples(
-                            agent, actor_opt, critic_opt, {k: t[mb_inds] for k, t in samples.items()}, args
-                        )
+                        mb = {k: t[b_inds[start : start + args.minibatch_size]] for k, t in samples.items()}
+                        losses = update_samples(agent, actor_opt, critic_opt, mb, args)
                         clipfracs.append(losses["clipfrac"].item())
                     continue
                 for env_idx in np.random.permutation(args.num_envs):  # one env's whole trajectory per minibatch
@@ -556,12 +558,7 @@ if __name__ == "__main__":
                     losses = update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats)
                     clipfracs.append(losses["clipfrac"].item())
                     if not all(torch.isfinite(p).all() for p in agent.parameters()):
-                        last_finite, broken = before, True
-                        break
-                if broken:
-                    break
-            if broken:
-                break
+                        raise NonFiniteWeights(before)
 
             y_pred, y_true = values.flatten().cpu().numpy(), targets.flatten().cpu().numpy()
             var_y = np.var(y_true)
@@ -580,9 +577,11 @@ if __name__ == "__main__":
             progress.set_postfix(SPS=sps, ret=np.mean(recent_returns) if recent_returns else np.nan, refresh=False)
     except KeyboardInterrupt:
         interrupted = True
+    except NonFiniteWeights as e:
+        last_finite = e.args[0]
 
     model_path = f"runs/{run_name}/{args.exp_name}.pt"
-    if broken:  # their update let a non-finite c into the weights: keep the model from before that update
+    if last_finite is not None:  # their update let a non-finite c into the weights: keep the model before it
         agent.load_state_dict(last_finite)
         save_model(model_path, agent, normalizer)
         writer.add_scalar("hypergrad/nonfinite_corrections", stats.nonfinite, global_step)
