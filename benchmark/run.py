@@ -1109,6 +1109,7 @@ def aggregate(
         rows += [variant_row(env_id, variant, variant_runs, threshold) for variant, variant_runs in runs.items()]
         total = max(r.record["total_timesteps"] for variant_runs in runs.values() for r in variant_runs)
         env_reference = [first_steps(episodes, total) for episodes in reference.get(env_id, [])]
+        env_reference = [e for e in env_reference if e.steps.size and e.steps[-1] >= LAST_FRACTION_START * total]
         if env_reference:
             rows.append(reference_row(env_id, env_reference, total, threshold))
         plot_env(env_id, runs, env_reference, colors, out / f"{env_id}.png")

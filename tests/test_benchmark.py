@@ -553,3 +553,12 @@ def test_ray_grid_gives_the_local_records_and_records_a_failure(tmp_path):
         assert failed["returncode"] != 0 and "--num-minibatches does not divide" in failed["error"]
     summary = (tmp_path / "ray" / "summary.md").read_text()
     assert "Failed runs, left out above:" in summary and "- bad Pendulum-v1 seed 2: exit 1," in summary
+
+
+def test_a_reference_that_stops_short_of_the_last_tenth_is_left_out(hand_written_runs, monkeypatch):
+    """CleanRL's 1M-step episodes say nothing of a 3M-step grid's last 10%: no reference row, rather than n/a."""
+    reference = hand_written_runs / "reference.csv"
+    reference.write_text("script,env_id,seed,global_step,episodic_return\nppo.py,CartPole-v1,1,800,200\n")
+    monkeypatch.setattr(run, "REFERENCE_CSV", reference)
+    rows = run.aggregate(sorted(hand_written_runs.glob("*/*/seed*/record.json")), hand_written_runs, None, "python")
+    assert [row.variant for row in rows] == ["blpo", "ppo"]
