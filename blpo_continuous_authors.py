@@ -303,7 +303,7 @@ def minibatch_losses(v_loss, pg_loss, entropy, logratio, clip_coef):
 
 def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats):
     """BLPO or PPO-Nested on one env's trajectory `traj` (obs, actions, logprobs, rewards, dones, targets and the
-    bootstrap observation last_obs): K critic steps alone, then one actor step."""
+    bootstrap observation last_obs, and its GAE matrix discount): K critic steps alone, then one actor step."""
     # 3a. Nested critic: K Adam steps on L(w) = mean (G - V_w(s))^2 over the trajectory
     for _ in range(args.nested_updates):
         v_loss = ((traj["targets"] - agent.get_value(traj["obs"])) ** 2).mean()
@@ -314,8 +314,9 @@ def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats
     # 3b. g = grad_theta l and v = grad_w l, l = -mean min(r A(w), clip(r, 1 +- eps) A(w)) with A(w) recomputed
     w = flat(agent.critic.parameters()).detach().requires_grad_()
     states = torch.cat([traj["obs"], traj["last_obs"][None]])
-    discount = gae_discount_matrix(traj["dones"], args.gamma, args.gae_lambda)
-    advantages = advantages_from_values(critic_fn(w, states), traj["rewards"], traj["dones"], discount, args.gamma)
+    advantages = advantages_from_values(
+        critic_fn(w, states), traj["rewards"], traj["dones"], traj["discount"], args.gamma
+    )
     _, newlogprob, entropy = agent.get_action(traj["obs"], traj["actions"])
     logratio = newlogprob - traj["logprobs"]
     ratio = logratio.exp()
@@ -553,7 +554,8 @@ if __name__ == "__main__":
                         clipfracs.append(losses["clipfrac"].item())
                     continue
                 for env_idx in np.random.permutation(args.num_envs):  # one env's whole trajectory per minibatch
-                    traj = {k: t[:, env_idx] for k, t in rollout.items()} | {"last_obs": next_obs[env_idx]}
+                    traj = {k: t[:, env_idx] for k, t in rollout.items()}
+                    traj |= {"last_obs": next_obs[env_idx], "discount": discount[env_idx]}
                     before = {k: t.clone() for k, t in agent.state_dict().items()}
                     losses = update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats)
                     clipfracs.append(losses["clipfrac"].item())

@@ -82,8 +82,8 @@ def check_args(args: Args) -> None:
     versions = [(m.__name__, m.__version__, need) for m, need in ((gym, "1.1"), (torch, "2.4"))]
     too_old = [f"{name} {v} is too old (< {need})" for name, v, need in versions if TorchVersion(v) < need]
     batch_size = args.num_envs * args.num_steps
-    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "nested_updates"]
-    counts += ["ihvp_rank"]
+    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
+    counts += ["nested_updates", "ihvp_rank"]
     for bad, message in [
         (too_old, "; ".join(too_old) + ": pip install -r requirements.txt"),
         *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],

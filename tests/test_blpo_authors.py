@@ -96,6 +96,7 @@ def trajectory(agent, seed=0):
         dones=dones,
         targets=3 * torch.randn(T, generator=gen),
         last_obs=torch.randn(3, generator=gen),
+        discount=authors.gae_discount_matrix(dones, 0.99, 0.95),
     )
 
 
