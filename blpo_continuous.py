@@ -63,8 +63,7 @@ class Args:
     # BLPO specific arguments
     nested_updates: int = 3  # K: critic steps per minibatch, K - 1 alone, the last with the actor's (1 is PPO)
     hypergrad: bool = True  # follow the hypergradient h = g - c; --no-hypergrad follows the direct gradient g
-    # solver of x = (H + rho I)^-1 v: conjugate gradient, the paper's Nystrom, a dense solve, or the exact solve with
-    # H's Gauss-Newton part, which every solver falls back to where it fails (H + rho I indefinite)
+    # x = (H + rho I)^-1 v by CG, the paper's Nystrom, a dense solve, or H's Gauss-Newton part (every solver's fallback)
     ihvp: Literal["cg", "nystrom", "exact", "gauss-newton"] = "cg"
     ihvp_rank: int = 5  # k: the solver's Hessian-vector products (CG iterations, or Nystrom's sampled rows)
     ihvp_rho: float = 50.0  # rho: regularizer of the inverse Hessian
@@ -142,8 +141,7 @@ def make_env(env_id, idx, capture_video, run_name, gamma):
 
 def make_envs(env_id, num_envs, capture_video, run_name, gamma):
     """The vector env, with same-step autoreset and one set of normalization statistics, env 0's, that every env
-    updates in turn; ValueError for an env id that cannot be made or does not fit, RuntimeError for a
-    --capture-video renderer that cannot work."""
+    updates in turn; ValueError for an env id that cannot be made or does not fit, RuntimeError if video cannot work."""
     try:
         if capture_video:
             check_rendering(env_id)
@@ -234,8 +232,7 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
 
 
 class Batch(NamedTuple):
-    """A rollout flattened step-major: sample i is step i // num_envs of env i % num_envs.
-    The last fields keep the rollout's shape, for recomputing A(w) from the critic."""
+    """A rollout flattened step-major: sample i is step i // num_envs of env i % num_envs; A(w)'s fields unflattened."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -311,8 +308,7 @@ def critic_tangents(layers, hs, slopes, tangents):
 
 
 def functional_critic(critic):
-    """critic_fn(w, obs) = critic(obs) with the parameters given as one flat vector w; critic_fn(w, obs, x) =
-    (critic(obs), grad_w V(obs) . x), the JVP carried forward."""
+    """critic_fn(w, obs) = V_w(obs), the critic with flat weights w; critic_fn(w, obs, x) = (V_w(obs), grad_w V . x)."""
     critic_layers(critic, flat(critic.parameters()))  # TypeError now for a layer it cannot run
 
     def critic_fn(w, obs, x=None):
@@ -329,19 +325,18 @@ def functional_critic(critic):
 def gae_discount_matrix(dones, next_done, gamma, gae_lambda):
     """D (num_envs, num_steps, num_steps) with advantages[t, e] = sum_s D[e, t, s] delta[s, e]: D[e, t, s] =
     (gamma lambda)^(s - t) when s >= t and steps t..s of env e lie in one episode, else 0."""
-    num_steps = dones.shape[0]
     episode = torch.cumsum(dones, 0).T  # (num_envs, num_steps): episode counter, bumped where obs[t] starts one
-    t = torch.arange(num_steps, device=dones.device)
+    t = torch.arange(dones.shape[0], device=dones.device)
     lag = (t[None, :] - t[:, None]).to(dones.dtype)  # lag[t, s] = s - t
     same_episode = episode[:, :, None] == episode[:, None, :]
     return torch.where(same_episode & (lag >= 0), (gamma * gae_lambda) ** lag.clamp(min=0), 0.0).contiguous()
 
 
-def td_errors(values, next_value, rewards, dones, next_done, gamma):
-    """delta[t] = r[t] + gamma (1 - dones[t + 1]) V(obs[t + 1]) - V(obs[t]), differentiable in the values."""
-    next_values = torch.cat([values[1:], next_value[None]])
+def td_errors(values, rewards, dones, next_done, gamma):
+    """delta[t] = r[t] + gamma (1 - dones[t + 1]) V(obs[t + 1]) - V(obs[t]), differentiable in the values at the
+    num_steps + 1 states (the last the bootstrap)."""
     next_nonterminal = 1.0 - torch.cat([dones[1:], next_done[None]])
-    return rewards + gamma * next_nonterminal * next_values - values
+    return rewards + gamma * next_nonterminal * values[1:] - values[:-1]
 
 
 def critic_advantages(values, batch, mb_inds, gamma):
@@ -351,7 +346,7 @@ def critic_advantages(values, batch, mb_inds, gamma):
     mb_inds = torch.as_tensor(mb_inds, device=values.device)
     mb_envs = mb_inds % num_envs
     rows = batch.discount.reshape(-1, num_steps).index_select(0, mb_envs * num_steps + mb_inds // num_envs)
-    deltas = td_errors(values[:-1], values[-1], batch.rewards, batch.dones, batch.next_done, gamma)
+    deltas = td_errors(values, batch.rewards, batch.dones, batch.next_done, gamma)
     return (rows * deltas.T.index_select(0, mb_envs)).sum(-1)
 
 
@@ -361,9 +356,8 @@ def anchored_advantages(rollout_advantages, advantages_w):
 
 
 def squared_error_hvp(critic, w, obs, targets):
-    """u -> H u for the Hessian H of L(w) = mean (V_w(obs) - targets)^2 at w, V_w the Sequential of Linear and Tanh
-    layers `critic` with flat weights w, by Pearlmutter's R-operator: the derivatives along u of the forward pass h
-    and of the backward pass delta = dL/dh, in closed form. u is one vector (d,) or a batch of them (k, d)."""
+    """u -> H u, H the Hessian of L(w) = mean (V_w(obs) - targets)^2 at w, by Pearlmutter's R-operator: the derivatives
+    along u of the forward pass h and the backward pass delta = dL/dh, in closed form; u is (d,) or a batch (k, d)."""
     layers = critic_layers(critic, w.detach())
     hs = critic_forward(layers, obs)  # hs[l] is layer l's input, hs[l + 1] its output
     slopes = tanh_slopes(layers, hs)
@@ -390,20 +384,13 @@ def squared_error_hvp(critic, w, obs, targets):
 
 def hessian_rows(hvp, coords, dim):
     """H[coords, :]: H is symmetric, so row j is H e_j; one batched product with the unit vectors."""
-    unit = torch.zeros(len(coords), dim, device=coords.device)
-    unit[torch.arange(len(coords)), coords] = 1.0
-    return hvp(unit)
-
-
-# The IHVP solvers: x ~ (H + rho I)^-1 v for the Hessian H of the critic's loss, from k Hessian-vector products
+    return hvp(torch.zeros(len(coords), dim, device=coords.device).scatter_(1, coords[:, None], 1.0))
 
 
 def cg_ihvp(hvp, v, rho, iterations, tol=0.0):
-    """At most `iterations` steps of conjugate gradient from x = 0, stopping once ||r|| <= tol ||v||; NaN where
-    H + rho I has a direction of non-positive curvature."""
+    """At most `iterations` CG steps from x = 0, until ||r|| <= tol ||v||; NaN if H + rho I has curvature <= 0."""
     x, r, p = torch.zeros_like(v), v.clone(), v.clone()
-    rs = r @ r
-    stop = (tol * v.norm()) ** 2
+    rs, stop = r @ r, (tol * v.norm()) ** 2
     for _ in range(iterations):
         if rs <= stop:
             break
@@ -412,8 +399,7 @@ def cg_ihvp(hvp, v, rho, iterations, tol=0.0):
         if not curvature > 0:
             return torch.full_like(v, float("nan"))
         alpha = rs / curvature
-        x = x + alpha * p
-        r = r - alpha * Ap
+        x, r = x + alpha * p, r - alpha * Ap
         rs_old, rs = rs, r @ r
         p = r + (rs / rs_old) * p
     return x
@@ -429,16 +415,12 @@ def nystrom_ihvp(rows, coords, v, rho):
     return (v - rows.T @ solution) / rho
 
 
-DENSE_IHVP_MAX_DIM = 8192  # exact_ihvp builds H densely up to this many critic parameters, and runs CG above it
-
-
-def exact_ihvp(hvp, v, rho):
-    """A dense solve in float64 with H from d Hessian-vector products; above DENSE_IHVP_MAX_DIM, CG to 1e-10."""
+def exact_ihvp(hvp, v, rho, max_dense_dim=8192):
+    """A dense solve in float64 with H from d Hessian-vector products; above max_dense_dim, CG to 1e-10."""
     dim = v.numel()
-    if dim > DENSE_IHVP_MAX_DIM:
+    if dim > max_dense_dim:
         return cg_ihvp(hvp, v, rho, iterations=10 * dim, tol=1e-10)
-    eye = torch.eye(dim, device=v.device)
-    h = torch.cat([hvp(rows) for rows in eye.split(512)]).double()
+    h = torch.cat([hvp(rows) for rows in torch.eye(dim, device=v.device).split(512)]).double()
     regularized = (h + h.T) / 2 + rho * torch.eye(dim, dtype=h.dtype, device=v.device)
     return torch.linalg.solve(regularized, v.double()).to(v.dtype)
 
@@ -464,32 +446,24 @@ def gauss_newton_ihvp(jac, v, rho):
 
 def solve_ihvp(hvp, v, args, generator):
     """x with the chosen solver and k = ihvp_rank; Nystrom's k coordinates are fresh from `generator`."""
-    rho, rank, dim = args.ihvp_rho, args.ihvp_rank, v.numel()
     if args.ihvp == "cg":
-        return cg_ihvp(hvp, v, rho, rank)
+        return cg_ihvp(hvp, v, args.ihvp_rho, args.ihvp_rank)
     if args.ihvp == "nystrom":
-        coords = torch.randperm(dim, generator=generator)[:rank].to(v.device)
-        return nystrom_ihvp(hessian_rows(hvp, coords, dim), coords, v, rho)
-    return exact_ihvp(hvp, v, rho)
+        coords = torch.randperm(v.numel(), generator=generator)[: args.ihvp_rank].to(v.device)
+        return nystrom_ihvp(hessian_rows(hvp, coords, v.numel()), coords, v, args.ihvp_rho)
+    return exact_ihvp(hvp, v, args.ihvp_rho)
 
 
-def mixed_term(ratio, td_error, critic_jvp, actor_params):
-    """c = (d^2 L / d theta d w) x by the score function: c = grad_theta[-2 mean_i r_i(theta) delta_i u_i],
-    with u_i = grad_w V(s_i) . x (one critic JVP) and delta_i = G_i - V(s_i) held constant."""
-    surrogate = -2.0 * (ratio * (td_error * critic_jvp).detach()).mean()
+def mixed_term(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params):
+    """c = (d^2 L / d theta d w) x for L = mean (V_w(s) - G)^2, by the score function: c = grad_theta[-2 mean_i
+    r_i(theta) delta_i u_i], with u_i = grad_w V(s_i) . x (one critic JVP) and delta_i = G_i - V(s_i) held constant."""
+    values, u = critic_fn(w.detach(), mb_obs, x)
+    surrogate = -2.0 * (ratio * ((mb_returns - values) * u).detach()).mean()
     return flat(torch.autograd.grad(surrogate, actor_params, retain_graph=True))
 
 
-def correction(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params):
-    """c = (d^2 L / d theta d w) x for L = mean (V_w(s) - G)^2 on the minibatch: u = grad_w V(s) . x by one critic
-    JVP, delta = G - V(s), then the mixed term."""
-    values, u = critic_fn(w.detach(), mb_obs, x)
-    return mixed_term(ratio, mb_returns - values, u, actor_params)
-
-
 def bounded_hypergradient(g, c, bound):
-    """h = g - c with c rescaled to norm at most bound * ||g||; a non-finite c falls back to h = g. Returns (h, scale),
-    scale the factor c was multiplied by (NaN on the fallback)."""
+    """(h, scale): h = g - scale c with scale = min(1, bound ||g|| / ||c||); (g, NaN) for a non-finite c."""
     if not torch.isfinite(c).all():
         return g, math.nan
     c_norm, limit = c.norm(), bound * g.norm()
@@ -498,22 +472,15 @@ def bounded_hypergradient(g, c, bound):
     return g - c, 1.0
 
 
-def set_grads(params, vector):
-    """Write a flat gradient vector into the parameters' .grad fields."""
-    for p, grad in zip(params, vector.split([p.numel() for p in params])):
-        p.grad = grad.view_as(p).clone()
-
-
 def cosine(a, b):
     """cos(a, b) in float64, exact for vectors of any size; 0 if either is zero."""
-    a, b = a.double(), b.double()
-    norms = a.norm() * b.norm()
-    return ((a @ b) / norms).item() if norms > 0 else 0.0
+    norms = a.double().norm() * b.double().norm()
+    return (a.double() @ b.double() / norms).item() if norms > 0 else 0.0
 
 
 class HypergradStats:
-    """The diagnostics: means since the last `pop_means`, and the run's counts of updates, of updates whose solver
-    failed and took the Gauss-Newton system, and of non-finite corrections that fell back to h = g."""
+    """The diagnostics: means since the last `pop_means`, which adds the run's counts of updates whose solver failed
+    and took the Gauss-Newton system and of non-finite corrections that fell back to h = g; `updates` counts all."""
 
     def __init__(self):
         self.updates, self.gauss_newton, self.fallbacks, self.values = 0, 0, 0, defaultdict(list)
@@ -539,12 +506,11 @@ class HypergradStats:
     def pop_means(self):
         means = {name: sum(values) / len(values) for name, values in self.values.items()}
         self.values.clear()
-        return means
+        return means | {"nonfinite_fallbacks": self.fallbacks, "gauss_newton_fallbacks": self.gauss_newton}
 
 
 def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generator, stats):
-    """One bilevel update on the samples mb_inds: K - 1 critic steps alone, then one step of PPO's loss for both
-    networks with the actor's gradient replaced by the hypergradient."""
+    """One bilevel update on mb_inds: K - 1 critic steps alone, then PPO's step with the actor's hypergradient."""
     mb_obs, mb_returns, mb_values = batch.obs[mb_inds], batch.returns[mb_inds], batch.values[mb_inds]
     # 3a. Nested critic: K - 1 optimizer steps on PPO's value loss alone, toward the best response w*(theta)
     for _ in range(args.nested_updates - 1):
@@ -596,20 +562,20 @@ def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generato
             x = gauss_newton_ihvp(jacobian, v, args.ihvp_rho)
 
         # 3d. Mixed term: c = (d^2 L / d theta d w) x
-        c = correction(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params)
+        c = mixed_term(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params)
 
         # 3e. Bound: h = g - c with ||c|| capped at beta ||g||; a non-finite c falls back to h = g
         h, scale = bounded_hypergradient(g, c, args.hypergrad_bound)
-        set_grads(actor_params, h)
+        for p, grad in zip(actor_params, h.split([p.numel() for p in actor_params])):
+            p.grad = grad.view_as(p).clone()
 
         # Diagnostics: the sizes and the fallbacks; every ihvp_check_every-th update, c against the exact x's
         stats.add(g, c, scale)
         stats.gauss_newton += gauss_newton and args.ihvp != "gauss-newton"
         if args.ihvp_check_every and stats.updates % args.ihvp_check_every == 0 and not math.isnan(scale):
-            if gauss_newton:  # the system the update solved: H replaced by G, G u = (2/B) J^T J u
-                hvp = gauss_newton_hvp(jacobian)
+            hvp = gauss_newton_hvp(jacobian) if gauss_newton else hvp  # the system the update solved
             x_exact = exact_ihvp(hvp, v, args.ihvp_rho)
-            stats.add_check(c, correction(x_exact, ratio, critic_fn, w, mb_obs, mb_returns, actor_params))
+            stats.add_check(c, mixed_term(x_exact, ratio, critic_fn, w, mb_obs, mb_returns, actor_params))
 
     # 3f. Step: both networks, as PPO's (the critic's K-th, the actor's first): clip the joint norm, then Adam
     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -636,9 +602,8 @@ def evaluate(model_path, env_id, eval_episodes=10, seed=1, gamma=0.99, determini
         try:
             agent.load_state_dict(checkpoint["agent"])
         except RuntimeError as e:  # PyTorch's message names every tensor that is missing, unexpected or resized
-            raise ValueError(
-                f"{model_path} does not fit {script}'s agent on {env_id}: {' '.join(str(e).split())}"
-            ) from None
+            reason = " ".join(str(e).split())
+            raise ValueError(f"{model_path} does not fit {script}'s agent on {env_id}: {reason}") from None
         normalizer = envs.envs[0]
         while not isinstance(normalizer, gym.wrappers.NormalizeObservation):
             normalizer = normalizer.env
@@ -704,8 +669,7 @@ if __name__ == "__main__":
     param_groups.append({"params": list(agent.critic.parameters()), "lr": args.critic_lr})
     optimizer = optim.Adam(param_groups, eps=1e-5, fused=True)
     critic_fn = functional_critic(agent.critic)
-    num_critic_params = sum(p.numel() for p in agent.critic.parameters())
-    if args.ihvp_rank > num_critic_params:
+    if args.ihvp_rank > (num_critic_params := sum(p.numel() for p in agent.critic.parameters())):
         sys.exit(f"error: --ihvp-rank {args.ihvp_rank} exceeds the critic's {num_critic_params} parameters")
     generator = torch.Generator().manual_seed(args.seed)  # Nystrom's coordinates, fresh per call
     stats = HypergradStats()
@@ -788,11 +752,8 @@ if __name__ == "__main__":
             losses |= {"clipfrac": np.mean(clipfracs), "explained_variance": explained_var}
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, global_step)
-            if args.hypergrad:
-                scalars = stats.pop_means()
-                scalars |= {"nonfinite_fallbacks": stats.fallbacks, "gauss_newton_fallbacks": stats.gauss_newton}
-                for name, value in scalars.items():
-                    writer.add_scalar(f"hypergrad/{name}", value, global_step)
+            for name, value in (stats.pop_means() if args.hypergrad else {}).items():
+                writer.add_scalar(f"hypergrad/{name}", value, global_step)
             progress.set_postfix(SPS=sps, ret=np.mean(recent_returns) if recent_returns else np.nan, refresh=False)
     except KeyboardInterrupt:
         interrupted = True

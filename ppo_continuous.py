@@ -122,8 +122,7 @@ def make_env(env_id, idx, capture_video, run_name, gamma):
 
 def make_envs(env_id, num_envs, capture_video, run_name, gamma):
     """The vector env, with same-step autoreset and one set of normalization statistics, env 0's, that every env
-    updates in turn; ValueError for an env id that cannot be made or does not fit, RuntimeError for a
-    --capture-video renderer that cannot work."""
+    updates in turn; ValueError for an env id that cannot be made or does not fit, RuntimeError if video cannot work."""
     try:
         if capture_video:
             check_rendering(env_id)
@@ -287,9 +286,8 @@ def evaluate(model_path, env_id, eval_episodes=10, seed=1, gamma=0.99, determini
         try:
             agent.load_state_dict(checkpoint["agent"])
         except RuntimeError as e:  # PyTorch's message names every tensor that is missing, unexpected or resized
-            raise ValueError(
-                f"{model_path} does not fit {script}'s agent on {env_id}: {' '.join(str(e).split())}"
-            ) from None
+            reason = " ".join(str(e).split())
+            raise ValueError(f"{model_path} does not fit {script}'s agent on {env_id}: {reason}") from None
         normalizer = envs.envs[0]
         while not isinstance(normalizer, gym.wrappers.NormalizeObservation):
             normalizer = normalizer.env

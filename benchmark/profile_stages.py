@@ -29,7 +29,7 @@ HELPERS = {
     "exact_ihvp": "3c. solve",
     "critic_jacobian": "3c. Gauss-Newton Jacobian",
     "gauss_newton_ihvp": "3c. solve",
-    "correction": "3d. mixed term",
+    "mixed_term": "3d. mixed term",
 }
 """hypergradient helpers that name a finer stage than their step comment"""
 STEP_SCOPES = ("<module>", "update_minibatch")

@@ -97,7 +97,7 @@ def test_cg_reports_an_indefinite_system_as_nan(blpo):
     assert torch.isnan(x).all()
 
 
-def test_exact_ihvp_dense_and_by_cg(blpo, monkeypatch):
+def test_exact_ihvp_dense_and_by_cg(blpo):
     """The reference solve: dense for small d; above the limit, CG to a 1e-10 relative residual."""
     gen = torch.Generator().manual_seed(4)
     d, rho = 30, 2.0
@@ -106,8 +106,7 @@ def test_exact_ihvp_dense_and_by_cg(blpo, monkeypatch):
     v = torch.randn(d, generator=gen)
     exact = torch.linalg.solve(h + rho * torch.eye(d), v)
     torch.testing.assert_close(blpo.exact_ihvp(lambda u: u @ h, v, rho), exact, rtol=1e-12, atol=1e-12)
-    monkeypatch.setattr(blpo, "DENSE_IHVP_MAX_DIM", 10)
-    assert relative_error(blpo.exact_ihvp(lambda u: u @ h, v, rho), exact) < 1e-9
+    assert relative_error(blpo.exact_ihvp(lambda u: u @ h, v, rho, max_dense_dim=10), exact) < 1e-9
 
 
 class ZeroInputProblem:
@@ -228,7 +227,7 @@ def test_differentiable_gae_equals_loop(blpo):
     values, next_value = torch.randn(7, 3, generator=gen), torch.randn(3, generator=gen)
     expected, _ = blpo.compute_gae(rewards, values, dones, next_value, next_done, gamma, lam)
     discount = blpo.gae_discount_matrix(dones, next_done, gamma, lam)
-    deltas = blpo.td_errors(values, next_value, rewards, dones, next_done, gamma)
+    deltas = blpo.td_errors(torch.cat([values, next_value[None]]), rewards, dones, next_done, gamma)
     advantages = torch.einsum("ets,se->te", discount, deltas)
     torch.testing.assert_close(advantages, expected)
 
@@ -244,7 +243,7 @@ def test_differentiable_gae_gradient_matches_finite_differences(blpo):
 
     def advantages(w):
         all_values = critic_fn(w, all_obs).view(8, 3)
-        deltas = blpo.td_errors(all_values[:-1], all_values[-1], rewards, dones, next_done, gamma)
+        deltas = blpo.td_errors(all_values, rewards, dones, next_done, gamma)
         return torch.einsum("ets,se->te", discount, deltas)
 
     w = blpo.flat(critic.parameters()).detach().requires_grad_()
@@ -281,9 +280,11 @@ def test_mixed_term_matches_bandit_closed_form(blpo):
     actions = torch.multinomial(probs.detach(), 400_000, replacement=True, generator=gen)
     logprob = torch.log_softmax(logits, 0)[actions]
     ratio = (logprob - logprob.detach()).exp()
-    td_error = reward[actions] - w  # delta_i = G_i - V_w
-    critic_jvp = torch.ones_like(td_error)  # u_i = dV/dw * x with x = 1
-    c = blpo.mixed_term(ratio, td_error, critic_jvp, [logits])
+
+    def critic_fn(w, obs, x):  # V_w(s) = w at the one state, so u_i = dV/dw x = x
+        return w.expand(len(obs)), x.expand(len(obs))
+
+    c = blpo.mixed_term(torch.tensor(1.0), ratio, critic_fn, w, actions, reward[actions], [logits])
     torch.testing.assert_close(c, closed_form, rtol=0.03, atol=0.01)
     assert torch.dot(c, closed_form) > 0.99 * c.norm() * closed_form.norm()
 
@@ -317,7 +318,7 @@ def test_stats_count_fallbacks_and_average_the_rest(blpo):
     assert means["cos_correction_direct"] == pytest.approx(1 / 3)
     assert means["bound_active_frac"] == pytest.approx(1 / 3)
     assert means["ihvp_error"] == pytest.approx(1.0) and means["ihvp_cos"] == pytest.approx(2**-0.5)
-    assert stats.pop_means() == {}
+    assert stats.pop_means() == {"nonfinite_fallbacks": 1, "gauss_newton_fallbacks": 0}
 
 
 # --- The Gauss-Newton IHVP, every solver's fallback where H + rho I is indefinite ------------------------------

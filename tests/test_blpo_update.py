@@ -274,7 +274,7 @@ def test_nonfinite_correction_falls_back_to_the_direct_step(blpo, monkeypatch):
     """A correction that comes out NaN: the update applies g, counts the fallback, and the weights stay finite."""
     agent, batch = make_problem(blpo)
     direct = copy.deepcopy(agent)
-    monkeypatch.setattr(blpo, "correction", lambda x, *rest: torch.full_like(blpo.flat(rest[-1]), float("nan")))
+    monkeypatch.setattr(blpo, "mixed_term", lambda x, *rest: torch.full_like(blpo.flat(rest[-1]), float("nan")))
     _, stats = script_update(blpo, agent, batch, update_args(blpo))
     script_update(blpo, direct, batch, update_args(blpo, hypergrad=False))
     assert stats.fallbacks == 1 and stats.updates == 1
