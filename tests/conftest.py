@@ -49,12 +49,16 @@ class Tiny(NamedTuple):
     def batch(self) -> int:
         return self.num_envs * self.num_steps
 
+    def sizes(self) -> list[str]:
+        """The batch's flags alone, for benchmark/run.py's variants (the runner sets env, seed and length)."""
+        flags = f"--num-envs {self.num_envs} --num-steps {self.num_steps}"
+        return [*f"{flags} --num-minibatches {self.MINIBATCHES} --update-epochs {self.EPOCHS}".split(), *self.flags]
+
     def argv(self, *extra: str) -> list[str]:
         """The run's flags with `extra` appended (of a repeated flag, the last wins)."""
         total = self.ITERATIONS * self.batch + self.batch // 2  # rounded down to ITERATIONS iterations
-        flags = f"--env-id {self.env_id} --num-envs {self.num_envs} --num-steps {self.num_steps} --seed 7"
-        flags += f" --num-minibatches {self.MINIBATCHES} --update-epochs {self.EPOCHS} --total-timesteps {total}"
-        return [*flags.split(), *self.flags, *extra]
+        flags = f"--env-id {self.env_id} --seed 7 --total-timesteps {total}"
+        return [*flags.split(), *self.sizes(), *extra]
 
     def command(self, script: str, *extra: str) -> list[str]:
         return [f"{script}.py", *self.argv(*extra)]
@@ -64,6 +68,7 @@ TINY = {
     "ppo_continuous": Tiny("Hopper-v4", 2, 128),
     "blpo_continuous": Tiny("Hopper-v4", 2, 128),
     "blpo_discrete": Tiny("CartPole-v1", 4, 128, ("--nested-updates", "2")),  # K = 10 by default
+    "blpo_continuous_authors": Tiny("Hopper-v4", 3, 40),
 }
 
 

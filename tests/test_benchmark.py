@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import tyro
 import yaml
+from conftest import ROOT, TINY
 from scripts import restore_ctrl_c, wait_for_text
 from torch.utils.tensorboard import SummaryWriter
 
 from benchmark import run
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = "--num-steps 256 --num-minibatches 4 --update-epochs 1"
+TINY = " ".join(TINY["ppo_continuous"].sizes())
 VARIANTS = {"ppo": f"ppo_continuous.py {TINY}", "lr1e-3": f"ppo_continuous.py {TINY} --learning-rate 1e-3"}
 SEEDS = [1, 2]
 TOTAL = 1024

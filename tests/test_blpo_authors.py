@@ -9,14 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, TINY
 from scripts import assert_fails_with_one_error_line, read_scalars, run_scripts
 
 from benchmark.in_process import load_script, run_main
 
 authors = load_script("blpo_continuous_authors")
-TINY = ["--num-envs", "3", "--num-steps", "40", "--num-minibatches", "4", "--update-epochs", "2"]
-TINY += ["--total-timesteps", "240", "--seed", "5"]  # 2 iterations of 3 x 40 on Hopper-v4
+TINY = TINY["blpo_continuous_authors"].argv()  # 2 iterations of 3 x 40 on Hopper-v4
 
 pytestmark = pytest.mark.usefixtures("run_in_tmp_cwd")
 

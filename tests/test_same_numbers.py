@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
 PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1"}
 SMALL_MUJOCO = ["--env-id", "Hopper-v4", "--total-timesteps", "4096", "--num-steps", "1024", "--num-minibatches", "8"]
