@@ -386,6 +386,9 @@ def ray_run(variant: Variant, env_id: str, seed: int, total: int, flags: tuple, 
     return {"record": record, "files": files}
 
 
+RAY_TOKEN = Path.home() / ".ray" / "auth_token"  # where `ray start --head` keeps the cluster's token
+
+
 def check_reachable(address: str) -> None:
     """Stop with one line unless a TCP connection to HOST:PORT opens within 5 s (Ray itself would wait)."""
     host, _, port = address.rpartition(":")
@@ -401,6 +404,8 @@ def run_grid_ray(args: Args, variants: list[Variant]) -> int:
     if not args.ray_address:  # a local Ray on loopback (its node address 127.0.0.1, as Ray does on macOS and Windows)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_worker_niceness", "0")  # not Ray's 15: beside other work, nice 15 runs 10x slower
+    elif any([os.environ.get("RAY_AUTH_TOKEN"), os.environ.get("RAY_AUTH_TOKEN_PATH"), RAY_TOKEN.exists()]):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # ray.init(address) sends the token `ray start` wants only so
     import ray
 
     if args.ray_address:
@@ -408,9 +413,22 @@ def run_grid_ray(args: Args, variants: list[Variant]) -> int:
     runtime_env = {"working_dir": str(ROOT), "excludes": [".git", "benchmark/results", "benchmark/archive", "runs"]}
     options = dict(runtime_env=runtime_env, log_to_driver=False, logging_level="ERROR")
     if args.ray_address:
-        ray.init(address=args.ray_address, **options)
-    else:  # a local cluster on loopback only
-        ray.init(num_cpus=args.workers, include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+        stderr, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)  # Ray's client prints each failed retry to fd 2 for 20 s; one line below says why instead
+        try:
+            ray.init(address=args.ray_address, **options)
+            reason = None
+        except (ConnectionError, RuntimeError) as e:  # a missing token, say: Ray's innermost error, its first sentence
+            reason = str(e.__cause__ or e).strip().splitlines()[-1].split(". ")[0]
+        finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
+            os.close(null)
+        if reason:
+            hint = "; copy the head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN" if "Auth" in reason else ""
+            fail(f"cannot join the Ray cluster at {args.ray_address} ({reason}){hint}")
+    else:  # a new local cluster on loopback only, even beside a running one
+        ray.init("local", num_cpus=args.workers, include_dashboard=False, _node_ip_address="127.0.0.1", **options)
     try:
         cpus, nodes = int(ray.cluster_resources().get("CPU", 0)), len(ray.nodes())
         print(f"ray: cluster at {ray.get_runtime_context().gcs_address}, {cpus} CPUs, {nodes} node(s)")

@@ -366,6 +366,41 @@ def test_bad_input_stops_with_one_line(tmp_path, flags, message):
     assert not out.exists()
 
 
+def test_a_cluster_that_refuses_the_driver_stops_with_one_line(tmp_path, monkeypatch, capfd):
+    """`ray start --head` turns Ray's token auth on, and ray.init(address) sends the token only in token mode: with a
+    token at hand the driver asks for that mode. A cluster that still refuses it stops the grid with one line giving
+    Ray's reason and the fix, and the retries Ray's client prints to fd 2 meanwhile do not show."""
+    import ray
+
+    token = tmp_path / "auth_token"
+    token.write_text("a token")
+    monkeypatch.setattr(run, "RAY_TOKEN", token)
+    monkeypatch.setenv("RAY_AUTH_MODE", "unset")
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setattr(run, "check_reachable", lambda address: None)
+    modes = []
+
+    def refuse(address, **options):  # what Ray 2.60 does without the cluster's token
+        modes.append(os.environ.get("RAY_AUTH_MODE"))
+        os.write(2, b"gcs_client.cc:210: Failed to get cluster ID from GCS server: Unauthenticated\n")
+        last = "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: token is missing. Note: see the docs"
+        try:
+            raise RuntimeError(f"Failed to connect to GCS. Last connection error: Traceback\n  ...\n{last}")
+        except RuntimeError as e:
+            raise ConnectionError(f"Failed to connect to Ray cluster at {address}") from e
+
+    monkeypatch.setattr(ray, "init", refuse)
+    args = tyro.cli(run.Args, args=["--backend", "ray", "--ray-address", "10.0.0.7:6379", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        run.run_grid_ray(args, [])
+    assert modes == ["token"]
+    assert stop.value.code == (
+        "error: cannot join the Ray cluster at 10.0.0.7:6379 (ray.exceptions.AuthenticationError: RPC error: "
+        "InvalidAuthToken: token is missing); copy the head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN"
+    )
+    assert capfd.readouterr().err == ""
+
+
 def child_pids(pid: int) -> list[int]:
     """The processes that any thread of process `pid` started."""
     return [int(child) for path in Path(f"/proc/{pid}/task").glob("*/children") for child in path.read_text().split()]
