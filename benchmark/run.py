@@ -405,7 +405,7 @@ def run_grid_ray(args: Args, variants: list[Variant]) -> int:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_worker_niceness", "0")  # not Ray's 15: beside other work, nice 15 runs 10x slower
     elif any([os.environ.get("RAY_AUTH_TOKEN"), os.environ.get("RAY_AUTH_TOKEN_PATH"), RAY_TOKEN.exists()]):
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # ray.init(address) sends the token `ray start` wants only so
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start --head` wants the token; ray.init sends it only so
     import ray
 
     if args.ray_address:
