@@ -375,8 +375,8 @@ def test_a_cluster_that_refuses_the_driver_stops_with_one_line(tmp_path, monkeyp
     token = tmp_path / "auth_token"
     token.write_text("a token")
     monkeypatch.setattr(run, "RAY_TOKEN", token)
-    monkeypatch.setenv("RAY_AUTH_MODE", "unset")
-    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setenv("RAY_AUTH_MODE", "unset")  # recorded, so the mode the runner sets is removed afterwards;
+    monkeypatch.delenv("RAY_AUTH_MODE")  # delenv alone records nothing when the variable is absent
     monkeypatch.setattr(run, "check_reachable", lambda address: None)
     modes = []
 
