@@ -1,5 +1,6 @@
-# BLPO, PPO-Nested and PPO as the paper's authors ran them for their figures (github Arnie-He/BLPO, JAX + Brax; the
-# setup "F" of AUTHORS_RECIPE.md), translated to PyTorch and Gymnasium MuJoCo: the experiment behind the paper's claim.
+# BLPO, PPO-Nested and PPO as the paper's authors ran them for their figures (github Arnie-He/BLPO, JAX + Brax: BLPO
+# Stackelberg_RL/continuous/test.py@98cecb9, PPO-Nested continuous_nystrom_ppo.py@2628926 --vanilla=True, PPO
+# Baselines/continuous_ppo.py@98cecb9; README "The authors' recipe"), translated to PyTorch and Gymnasium MuJoCo.
 # blpo_continuous.py is BLPO on CleanRL's PPO; this script is their recipe, differences and all:
 # - 32 envs x 640 steps; one set of observation and reward statistics for all envs, updated every vector step, no
 #   clipping; GAE(0.99, 0.95) that bootstraps neither at termination nor at the time limit.
@@ -14,7 +15,8 @@
 # - Brax's positional MuJoCo models -> Gymnasium's MuJoCo v4 tasks (other dynamics, observations and rewards).
 # - JAX's coordinates: theirs come from jax.random key 0 over JAX's parameter order; here the first 5 of torch.randperm
 #   with a generator seeded 0 over PyTorch's order: as theirs, the same at every update and for every seed.
-# - Brax's AutoReset -> Gymnasium's same-step autoreset (the observation after a done is the next episode's first).
+# - Brax's AutoReset restarts an env from the state cached at its first reset; Gymnasium's same-step autoreset draws
+#   a fresh start for every episode (the observation after a done is the next episode's first).
 # - Action bounds: their ClipAction clips to [-1, 1]; here to the env's action space (Humanoid-v4's is +-0.4).
 # - Their f2 has no guard against a non-finite c: the update is kept, each non-finite c is counted, and parameters that
 #   turn non-finite stop the run with one `error:` line, the events and the last finite model kept.
@@ -71,6 +73,7 @@ class Args:
     ihvp_rank: int = 5  # k, the Nystrom coordinates
     ihvp_rho: float = 50.0  # rho, the regularizer of the inverse Hessian
     hypergrad_bound: float = 1.0  # beta: ||c|| is capped at beta ||g||
+    correction: Literal["ift", "matched", "random"] = "ift"  # c, or a control: matched_control or random_control
 
     # to be filled in runtime
     batch_size: int = field(default=0, init=False)  # the batch size (computed in runtime)
@@ -78,8 +81,12 @@ class Args:
     num_iterations: int = field(default=0, init=False)  # the number of iterations (computed in runtime)
 
 
-NESTED_UPDATES = {"HalfCheetah": 5, "Walker2d": 2, "HumanoidStandup": 5}
+NESTED_UPDATES = {"HalfCheetah": 5, "Walker2d": 2, "HumanoidStandup": 5, "InvertedPendulum": 5}
 """K per task in their F scripts (run_brax*.sh); every other task 3"""
+
+
+def default_nested_updates(env_id):
+    return next((k for task, k in NESTED_UPDATES.items() if env_id.startswith(task)), 3)
 
 
 def check_args(args: Args) -> None:
@@ -90,7 +97,10 @@ def check_args(args: Args) -> None:
         *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],
         (args.nested_updates is not None and args.nested_updates < 1, "--nested-updates is less than 1"),
         ("/" in args.exp_name, f"--exp-name {args.exp_name!r} contains '/', but it names the run directory"),
-        (batch_size % max(args.num_minibatches, 1), f"--num-minibatches does not divide the {batch_size} steps"),
+        (
+            args.algo == "ppo" and batch_size % max(args.num_minibatches, 1),
+            f"--num-minibatches does not divide the {batch_size} steps",
+        ),
         (args.total_timesteps < batch_size, f"--total-timesteps is less than one batch ({batch_size} steps)"),
         (not args.ihvp_rho > 0, f"--ihvp-rho must be positive, got {args.ihvp_rho}"),
         (not args.hypergrad_bound >= 0, f"--hypergrad-bound must be non-negative, got {args.hypergrad_bound}"),
@@ -275,6 +285,27 @@ def mixed_correction(f2_grad_w, x, actor_params):
     return flat(torch.autograd.grad(f2_grad_w @ x, actor_params))
 
 
+def matched_control(c, g, sizes, generator):
+    """c = a g/||g|| + r with r orthogonal to g, r replaced by a random r' that has r's norm on every tensor (`sizes`
+    splits the flat vectors) and is orthogonal to g's piece there: ||c||, cos(c, g) and each tensor's ||r|| are
+    c's own, only the direction within each tensor is drawn. A tensor of one entry keeps its r."""
+    g_unit = g / g.norm() if g.norm() > 0 else g
+    along = (c @ g_unit) * g_unit
+    pieces = []
+    for r_i, g_i in zip((c - along).split(sizes), g.split(sizes)):
+        z = torch.randn(r_i.shape, generator=generator, dtype=r_i.dtype).to(r_i.device)
+        if g_i.norm() > 0:
+            z = z - (z @ g_i) / (g_i @ g_i) * g_i
+        pieces.append(z * (r_i.norm() / z.norm()) if r_i.numel() > 1 else r_i)
+    return along + torch.cat(pieces)
+
+
+def random_control(c, generator):
+    """A Gaussian direction with c's norm."""
+    z = torch.randn(c.shape, generator=generator, dtype=c.dtype).to(c.device)
+    return z * (c.norm() / z.norm())
+
+
 def bounded_hypergradient(g, c, bound):
     """Their bound: h = g - min(1, beta ||g|| / (||c|| + 1e-8)) c, with global norms. Returns (h, scale)."""
     scale = torch.clamp(bound * g.norm() / (c.norm() + 1e-8), max=1.0)
@@ -301,9 +332,10 @@ def minibatch_losses(v_loss, pg_loss, entropy, logratio, clip_coef):
     return {"value_loss": v_loss, "policy_loss": pg_loss, "entropy": entropy.mean(), **kl, "clipfrac": clipfrac}
 
 
-def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats):
+def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, generator=None):
     """BLPO or PPO-Nested on one env's trajectory `traj` (obs, actions, logprobs, rewards, dones, targets and the
-    bootstrap observation last_obs, and its GAE matrix discount): K critic steps alone, then one actor step."""
+    bootstrap observation last_obs, and its GAE matrix discount): K critic steps alone, then one actor step.
+    `generator` draws the controls' directions. Returns the losses, and BLPO's g, c, h and the bound's scale."""
     # 3a. Nested critic: K Adam steps on L(w) = mean (G - V_w(s))^2 over the trajectory
     for _ in range(args.nested_updates):
         v_loss = ((traj["targets"] - agent.get_value(traj["obs"])) ** 2).mean()
@@ -324,7 +356,7 @@ def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats
     actor_params = agent.actor_parameters()
     grads = torch.autograd.grad(pg_loss, [*actor_params, w], retain_graph=args.algo == "blpo")
     g, v = flat(grads[:-1]), grads[-1]
-    h = g
+    h, hypergrad = g, None
     if args.algo == "blpo":
         # 3c. Their IHVP: x = (C^T (M + I)^-1 C + rho I)^-1 v at k fixed coordinates, H the Hessian of L at w
         loss_fn = lambda w_: ((traj["targets"] - critic_fn(w_, traj["obs"])) ** 2).mean()  # noqa: E731
@@ -337,15 +369,19 @@ def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats
         )
         (f2_grad_w,) = torch.autograd.grad(f2.sum(), w, create_graph=True)
         c = mixed_correction(f2_grad_w, x, actor_params)
+        if args.correction == "matched":  # the controls: c's size (and angle to g), a random direction
+            c = matched_control(c, g, [p.numel() for p in actor_params], generator)
+        elif args.correction == "random":
+            c = random_control(c, generator)
 
         # 3e. Bound: h = g - min(1, beta ||g|| / (||c|| + 1e-8)) c; a non-finite c is counted and applied, as theirs
         h, scale = bounded_hypergradient(g, c, args.hypergrad_bound)
-        stats.add(g, c, h, scale)
+        hypergrad = dict(g=g, c=c, h=h, scale=scale)
 
     # 3f. Step: the actor alone, Adam, no clipping
     set_grads(actor_params, h)
     actor_opt.step()
-    return minibatch_losses(v_loss, pg_loss, entropy, logratio, args.clip_coef)
+    return minibatch_losses(v_loss, pg_loss, entropy, logratio, args.clip_coef), hypergrad
 
 
 def update_samples(agent, actor_opt, critic_opt, mb, args):
@@ -402,8 +438,9 @@ class HypergradStats:
         return means | push | {"nonfinite_corrections": self.nonfinite}
 
 
-class NonFiniteWeights(Exception):
-    """The weights turned non-finite in an update; its argument is the state dict from before that update."""
+class BrokenUpdate(Exception):
+    """An update that turned the weights non-finite or could not solve; its arguments: the state dict from before that
+    update, and what went wrong."""
 
 
 def save_model(path, agent, normalizer):
@@ -454,7 +491,7 @@ if __name__ == "__main__":
     except (ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     if args.nested_updates is None:
-        args.nested_updates = next((k for task, k in NESTED_UPDATES.items() if args.env_id.startswith(task)), 3)
+        args.nested_updates = default_nested_updates(args.env_id)
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
@@ -493,6 +530,7 @@ if __name__ == "__main__":
     critic_opt = optim.Adam(agent.critic.parameters(), lr=critic_rate, eps=1e-5)
     critic_fn = functional_critic(agent.critic)
     stats = HypergradStats(logstd_size=int(np.prod(act_shape)))
+    gen = torch.Generator().manual_seed(args.seed)  # the controls' draws, apart from the global generator's
     normalizer = Normalizer(obs_shape, args.num_envs, args.gamma)
     low, high = envs.single_action_space.low, envs.single_action_space.high
 
@@ -506,7 +544,7 @@ if __name__ == "__main__":
     next_obs = torch.Tensor(normalizer.obs(next_obs)).to(device)
     recent_returns = deque(maxlen=20)  # for the progress bar
     progress = tqdm(range(1, args.num_iterations + 1), unit="step", unit_scale=args.batch_size, dynamic_ncols=True)
-    interrupted, last_finite = False, None
+    interrupted, broken = False, None
     try:  # Ctrl-C ends the training: the model is saved as it is and the events are closed below
         for iteration in progress:
             if args.algo == "ppo":  # their linear_schedule: constant within an iteration
@@ -557,10 +595,15 @@ if __name__ == "__main__":
                     traj = {k: t[:, env_idx] for k, t in rollout.items()}
                     traj |= {"last_obs": next_obs[env_idx], "discount": discount[env_idx]}
                     before = {k: t.clone() for k, t in agent.state_dict().items()}
-                    losses = update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats)
+                    try:
+                        losses, hypergrad = update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, gen)
+                    except torch.linalg.LinAlgError as e:  # a singular Nystrom core
+                        raise BrokenUpdate(before, f"the IHVP failed ({' '.join(str(e).split())})") from None
                     clipfracs.append(losses["clipfrac"].item())
+                    if hypergrad is not None:
+                        stats.add(**hypergrad)
                     if not all(torch.isfinite(p).all() for p in agent.parameters()):
-                        raise NonFiniteWeights(before)
+                        raise BrokenUpdate(before, "the parameters turned non-finite")
 
             y_pred, y_true = values.flatten().cpu().numpy(), targets.flatten().cpu().numpy()
             var_y = np.var(y_true)
@@ -579,18 +622,18 @@ if __name__ == "__main__":
             progress.set_postfix(SPS=sps, ret=np.mean(recent_returns) if recent_returns else np.nan, refresh=False)
     except KeyboardInterrupt:
         interrupted = True
-    except NonFiniteWeights as e:
-        last_finite = e.args[0]
+    except BrokenUpdate as e:
+        broken = e.args
 
     model_path = f"runs/{run_name}/{args.exp_name}.pt"
-    if last_finite is not None:  # their update let a non-finite c into the weights: keep the model before it
-        agent.load_state_dict(last_finite)
+    if broken is not None:  # their update has no guard: keep the model from before the update that broke
+        agent.load_state_dict(broken[0])
         save_model(model_path, agent, normalizer)
         writer.add_scalar("hypergrad/nonfinite_corrections", stats.nonfinite, global_step)
         writer.close()
         envs.close()
         sys.exit(
-            f"error: the parameters turned non-finite at step {global_step} ({stats.nonfinite} non-finite corrections);"
+            f"error: {broken[1]} at step {global_step} ({stats.nonfinite} non-finite corrections);"
             f" the last finite model is in {model_path}, the events in runs/{run_name}"
         )
     if args.save_model:

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY
+from conftest import TINY
 from scripts import assert_fails_with_one_error_line, read_scalars, run_scripts
 
 from benchmark.in_process import load_script, run_main
@@ -161,13 +161,16 @@ def reference_update(agent, traj, args, detach=None):
     return c
 
 
-def script_update(agent, traj, args):
+def script_update(agent, traj, args, generator=None):
+    """update_trajectory with SGD; returns the statistics of its g, c, h, and those four."""
     actor_opt = torch.optim.SGD(agent.actor_parameters(), lr=LR_ACTOR)
     critic_opt = torch.optim.SGD(agent.critic.parameters(), lr=LR_CRITIC)
     stats = authors.HypergradStats(2)
     critic_fn = authors.functional_critic(agent.critic)
-    authors.update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, stats)
-    return stats
+    _, hypergrad = authors.update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, generator)
+    if hypergrad is not None:
+        stats.add(**hypergrad)
+    return stats, hypergrad
 
 
 def blpo_args(**overrides):
@@ -186,7 +189,7 @@ def test_trajectory_update_is_their_blpo_step(float64, bound):
     traj, args = trajectory(agent), blpo_args(hypergrad_bound=bound)
     expected = copy.deepcopy(agent)
     c = reference_update(expected, traj, args)
-    stats = script_update(agent, traj, args)
+    stats, _ = script_update(agent, traj, args)
     for (name, p), q in zip(agent.named_parameters(), expected.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
     assert stats.pop_means()["correction_norm"] == pytest.approx(c.norm().item(), rel=1e-9)
@@ -202,7 +205,9 @@ def test_the_mixed_term_goes_through_both_a_and_v(float64):
     for wrong in ("A", "V"):
         c_wrong = reference_update(copy.deepcopy(agent), traj, args, detach=wrong)
         assert (c - c_wrong).norm() > 1e-3 * c.norm(), wrong
-    assert script_update(agent, traj, args).pop_means()["correction_norm"] == pytest.approx(c.norm().item(), rel=1e-9)
+    assert script_update(agent, traj, args)[0].pop_means()["correction_norm"] == pytest.approx(
+        c.norm().item(), rel=1e-9
+    )
 
 
 def test_nested_is_blpo_without_c(float64):
@@ -217,6 +222,72 @@ def test_nested_is_blpo_without_c(float64):
     assert not all(torch.equal(p, q) for p, q in zip(nested.actor_parameters(), agent.actor_parameters()))
 
 
+# --- The controls: c's size and angle to g with a random direction --------------------------------------------
+
+
+def split_along(c, g):
+    """(a, r): c = a g / ||g|| + r with r orthogonal to g."""
+    a = c @ g / g.norm()
+    return a, c - a * g / g.norm()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matched_control_keeps_norm_angle_and_each_tensors_remainder(float64, seed):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [12, 4, 6, 3]
+    c, g = torch.randn(25, generator=gen), torch.randn(25, generator=gen)
+    made = authors.matched_control(c, g, sizes, torch.Generator().manual_seed(5))
+    (a, r), (a_made, r_made) = split_along(c, g), split_along(made, g)
+    torch.testing.assert_close(made.norm(), c.norm())
+    torch.testing.assert_close(authors.cosine(made, g), authors.cosine(c, g))
+    torch.testing.assert_close(a_made, a)
+    for r_i, made_i, g_i in zip(r.split(sizes), r_made.split(sizes), g.split(sizes)):
+        torch.testing.assert_close(made_i.norm(), r_i.norm())
+        assert abs(made_i @ g_i) < 1e-12 * made_i.norm() * g_i.norm()  # orthogonal to g on every tensor
+        assert authors.cosine(made_i, r_i) < 0.99  # a new direction
+    again = authors.matched_control(c, g, sizes, torch.Generator().manual_seed(5))
+    other = authors.matched_control(c, g, sizes, torch.Generator().manual_seed(6))
+    assert torch.equal(made, again) and not torch.allclose(made, other)
+
+
+def test_matched_control_keeps_a_one_entry_tensors_remainder(float64):
+    gen = torch.Generator().manual_seed(0)
+    c, g = torch.randn(7, generator=gen), torch.randn(7, generator=gen)
+    made = authors.matched_control(c, g, [6, 1], gen)
+    assert made[-1].item() == pytest.approx(c[-1].item(), rel=1e-12)  # a g_k / ||g|| + r_k, both c's own
+
+
+def test_random_control_keeps_only_the_norm(float64):
+    gen = torch.Generator().manual_seed(0)
+    c = torch.randn(4000, generator=gen)
+    made = authors.random_control(c, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(made.norm(), c.norm())
+    assert abs(authors.cosine(made, c)) < 0.1
+    assert torch.equal(made, authors.random_control(c, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("correction", ["matched", "random"])
+def test_controls_replace_c_before_the_same_bound(float64, correction):
+    """The update applies h = g - scale * c' with c' the control of its own c, bounded as ift's c: the same ||c||, the
+    same scale, and for matched the same cos(c, g)."""
+    torch.manual_seed(0)
+    agent = authors.Agent(3, 2)
+    traj = trajectory(agent)
+    for bound in (math.inf, 1.0):
+        _, ift = script_update(copy.deepcopy(agent), traj, blpo_args(hypergrad_bound=bound))
+        gen = torch.Generator().manual_seed(3)
+        _, control = script_update(copy.deepcopy(agent), traj, blpo_args(hypergrad_bound=bound, correction=correction))
+        sizes = [p.numel() for p in agent.actor_parameters()]
+        make = {"matched": lambda: authors.matched_control(ift["c"], ift["g"], sizes, gen)}
+        make["random"] = lambda: authors.random_control(ift["c"], gen)
+        torch.testing.assert_close(control["g"], ift["g"], rtol=0, atol=0)
+        assert control["c"].norm().item() == pytest.approx(ift["c"].norm().item(), rel=1e-12)
+        assert control["scale"] == pytest.approx(ift["scale"], rel=1e-12) and (bound < math.inf) == (ift["scale"] < 1)
+        torch.testing.assert_close(control["h"], control["g"] - control["scale"] * control["c"], rtol=0, atol=0)
+        if correction == "matched":
+            assert authors.cosine(control["c"], ift["g"]) == pytest.approx(authors.cosine(ift["c"], ift["g"]), 1e-9)
+
+
 # --- Whole runs, in-process ---------------------------------------------------------------------------------------
 
 
@@ -224,9 +295,9 @@ def test_each_minibatch_is_one_envs_whole_trajectory_once_per_epoch(tmp_path, mo
     module = load_script("blpo_continuous_authors")
     seen, update = [], module.update_trajectory
 
-    def recording(agent, actor_opt, critic_opt, critic_fn, traj, args, stats):
+    def recording(agent, actor_opt, critic_opt, critic_fn, traj, *rest):
         seen.append({k: t.clone() for k, t in traj.items()})
-        return update(agent, actor_opt, critic_opt, critic_fn, traj, args, stats)
+        return update(agent, actor_opt, critic_opt, critic_fn, traj, *rest)
 
     monkeypatch.setattr(module, "update_trajectory", recording)
     run_main(module, TINY, tmp_path)
@@ -273,10 +344,10 @@ def test_critic_takes_k_steps_alone_then_the_actor_one(algo, tmp_path, monkeypat
 
 
 def test_k_per_task_as_in_their_scripts():
-    assert [
-        next((k for t, k in authors.NESTED_UPDATES.items() if e.startswith(t)), 3)
-        for e in ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4", "Ant-v4")
-    ] == [3, 5, 2, 3]
+    """Their F scripts' --nested per task (run_brax*.sh at 2628926, 7af0645, 23dee78), by Gymnasium id."""
+    theirs = {"Hopper": 3, "HalfCheetah": 5, "Walker2d": 2, "Humanoid": 3, "HumanoidStandup": 5, "Reacher": 3}
+    theirs |= {"Pusher": 3, "InvertedDoublePendulum": 3, "InvertedPendulum": 5, "Ant": 3}
+    assert {task: authors.default_nested_updates(f"{task}-v4") for task in theirs} == theirs
 
 
 def test_ppo_anneals_both_rates_to_zero_and_steps_the_critic_after_the_actor(tmp_path, monkeypatch):
@@ -341,6 +412,47 @@ def test_a_nonfinite_c_is_counted_and_broken_weights_stop_the_run_losing_nothing
     assert scalars["hypergrad/nonfinite_corrections"][-1][1] == 1 and len(scalars["charts/episodic_return"]) > 0
 
 
+def test_a_singular_nystrom_core_stops_the_run_with_one_line_keeping_the_model(tmp_path, monkeypatch):
+    """Rows with -2 at their own coordinates and rho = 4 make the core rho (M + I) + C C^T = -4 I + 4 I = 0."""
+    module = load_script("blpo_continuous_authors")
+
+    def singular_rows(loss_fn, w, coords):
+        rows = torch.zeros(len(coords), w.numel(), dtype=w.dtype)
+        rows[torch.arange(len(coords)), coords] = -2.0
+        return rows
+
+    monkeypatch.setattr(module, "hessian_rows", singular_rows)
+    with pytest.raises(SystemExit) as stop:
+        run_main(module, [*TINY, "--ihvp-rho", "4"], tmp_path)
+    message = str(stop.value.code)
+    assert message.startswith("error: the IHVP failed") and "singular" in message and "\n" not in message
+    saved = torch.load(next(next((tmp_path / "runs").iterdir()).glob("*.pt")), weights_only=False)["agent"]
+    assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_a_control_run_repeats_from_its_seed_and_leaves_the_rollouts_draws_alone(tmp_path):
+    scalars = {
+        name: read_scalars(run_main(load_script("blpo_continuous_authors"), [*TINY, *flags], tmp_path / name))
+        for name, flags in [
+            ("ift", []),
+            ("matched", ["--correction", "matched"]),
+            ("again", ["--correction", "matched"]),
+        ]
+    }
+    for runs in scalars.values():
+        runs.pop("charts/SPS")
+    assert scalars["matched"] == scalars["again"]
+    first = [(s, r) for s, r in scalars["ift"]["charts/episodic_return"] if s <= 120]  # the first rollout
+    assert first and first == [(s, r) for s, r in scalars["matched"]["charts/episodic_return"] if s <= 120]
+    assert scalars["matched"]["losses/policy_loss"] != scalars["ift"]["losses/policy_loss"]
+
+
+def test_only_ppo_needs_minibatches_that_divide_the_batch():
+    authors.check_args(authors.Args(algo="blpo", num_minibatches=7))
+    with pytest.raises(ValueError, match="--num-minibatches does not divide"):
+        authors.check_args(authors.Args(algo="ppo", num_minibatches=7))
+
+
 def test_bad_input_is_one_line_and_save_and_evaluate_work(tmp_path):
     runs = run_scripts(
         tmp_path,
@@ -359,4 +471,3 @@ def test_bad_input_is_one_line_and_save_and_evaluate_work(tmp_path):
     run_dir = runs["saved"].run_dir()
     assert "evaluation: mean return" in runs["saved"].result.stdout
     assert len(read_scalars(run_dir)["eval/episodic_return"]) == 10
-    assert (ROOT / "blpo_continuous_authors.py").read_text().count("\n") <= 650
