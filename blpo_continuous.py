@@ -76,48 +76,6 @@ class Args:
     num_iterations: int = field(default=0, init=False)  # the number of iterations (computed in runtime)
 
 
-def check_args(args: Args) -> None:
-    """ValueError naming the first setting that cannot run, or the package that is too old."""
-    versions = [(m.__name__, m.__version__, need) for m, need in ((gym, "1.1"), (torch, "2.4"))]
-    too_old = [f"{name} {v} is too old (< {need})" for name, v, need in versions if TorchVersion(v) < need]
-    batch_size = args.num_envs * args.num_steps
-    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
-    counts += ["nested_updates", "ihvp_rank"]
-    for bad, message in [
-        (too_old, "; ".join(too_old) + ": pip install -r requirements.txt"),
-        *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],
-        ("/" in args.exp_name, f"--exp-name {args.exp_name!r} contains '/', but it names the run directory"),
-        (batch_size % max(args.num_minibatches, 1), f"--num-minibatches does not divide the {batch_size} steps"),
-        (args.total_timesteps < batch_size, f"--total-timesteps is less than one batch ({batch_size} steps)"),
-        (not args.ihvp_rho > 0, f"--ihvp-rho must be positive, got {args.ihvp_rho}"),
-        (not args.hypergrad_bound >= 0, f"--hypergrad-bound must be non-negative, got {args.hypergrad_bound}"),
-        (args.ihvp_check_every < 0, f"--ihvp-check-every must be 0 (off) or positive, got {args.ihvp_check_every}"),
-    ]:
-        if bad:
-            raise ValueError(message)
-
-
-def route_mujoco_warnings() -> None:
-    """MuJoCo's warnings through Python's filters, not into MUJOCO_LOG.TXT; RuntimeError if MuJoCo cannot load."""
-    try:
-        import mujoco  # loads the OpenGL library MUJOCO_GL names
-    except Exception as e:
-        raise RuntimeError(f"MuJoCo cannot load with MUJOCO_GL={os.environ['MUJOCO_GL']} (try egl): {e!r}") from e
-    mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2))
-
-
-def check_rendering(env_id):
-    """Render a frame of a throwaway `env_id` before training; RuntimeError with the renderer's complaints."""
-    with warnings.catch_warnings(record=True) as caught, gym.make(env_id, render_mode="rgb_array") as env:
-        try:
-            env.reset(seed=0)
-            env.render()
-        except Exception as e:
-            complaints = [str(w.message) for w in caught if w.category is not DeprecationWarning] + [repr(e)]
-            where = f"cannot render {env_id!r} for --capture-video with MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
-            raise RuntimeError(f"{where}: {'; '.join(dict.fromkeys(complaints))}") from e
-
-
 def make_env(env_id, idx, capture_video, run_name, gamma):
     def thunk():
         if capture_video and idx == 0:
@@ -244,7 +202,7 @@ class Batch(NamedTuple):
     rewards: torch.Tensor
     dones: torch.Tensor
     next_done: torch.Tensor
-    discount: torch.Tensor | None  # gae_discount_matrix, built when the hypergradient is on
+    gae_matrix: torch.Tensor | None  # gae_discount_matrix, built when the hypergradient is on
 
 
 def clipped_surrogate(ratio, advantages, clip_coef):
@@ -288,35 +246,35 @@ def critic_layers(critic, w):
 def critic_forward(layers, obs):
     """hs with hs[l] the input of layer l and hs[-1] the critic's output, (B, 1)."""
     hs = [obs]
-    for p in layers:
-        hs.append(torch.tanh(hs[-1]) if p is None else F.linear(hs[-1], *p))
+    for wb in layers:
+        hs.append(torch.tanh(hs[-1]) if wb is None else F.linear(hs[-1], *wb))
     return hs
 
 
 def tanh_slopes(layers, hs):
     """slopes[l] = 1 - hs[l + 1]^2, tanh's derivative, for each Tanh layer l; None for each Linear."""
-    return [1 - hs[l + 1] ** 2 if p is None else None for l, p in enumerate(layers)]
+    return [1 - hs[l + 1] ** 2 if wb is None else None for l, wb in enumerate(layers)]
 
 
 def critic_tangents(layers, hs, slopes, tangents):
     """rs with rs[l] the derivative of hs[l] along a direction u of the weights, tangents = critic_layers(critic, u):
     d(W h + b) = dW h + db + W dh and d tanh(z) = (1 - tanh(z)^2) dz, carried forward layer by layer."""
     rs = [torch.zeros_like(hs[0])]
-    for l, p in enumerate(layers):
-        rs.append(slopes[l] * rs[l] if p is None else F.linear(hs[l], *tangents[l]) + F.linear(rs[l], p[0]))
+    for l, wb in enumerate(layers):
+        rs.append(slopes[l] * rs[l] if wb is None else F.linear(hs[l], *tangents[l]) + F.linear(rs[l], wb[0]))
     return rs
 
 
 def functional_critic(critic):
-    """critic_fn(w, obs) = V_w(obs), the critic with flat weights w; critic_fn(w, obs, x) = (V_w(obs), grad_w V . x)."""
+    """critic_fn(w, obs) = V_w(obs), the critic with flat weights w; critic_fn(w, obs, u) = (V_w(obs), grad_w V . u)."""
     critic_layers(critic, flat(critic.parameters()))  # TypeError now for a layer it cannot run
 
-    def critic_fn(w, obs, x=None):
+    def critic_fn(w, obs, u=None):
         layers = critic_layers(critic, w)
         hs = critic_forward(layers, obs)
-        if x is None:
+        if u is None:
             return hs[-1].squeeze(-1)
-        rs = critic_tangents(layers, hs, tanh_slopes(layers, hs), critic_layers(critic, x))
+        rs = critic_tangents(layers, hs, tanh_slopes(layers, hs), critic_layers(critic, u))
         return hs[-1].squeeze(-1), rs[-1].squeeze(-1)
 
     return critic_fn
@@ -342,10 +300,10 @@ def td_errors(values, rewards, dones, next_done, gamma):
 def critic_advantages(values, batch, mb_inds, gamma):
     """A(w) at the samples mb_inds: the GAE rows D[e_i, t_i, :] times env e_i's TD errors delta(w), where `values`
     (num_steps + 1, num_envs) are V_w at batch.states."""
-    num_envs, num_steps = batch.discount.shape[:2]
+    num_envs, num_steps = batch.gae_matrix.shape[:2]
     mb_inds = torch.as_tensor(mb_inds, device=values.device)
     mb_envs = mb_inds % num_envs
-    rows = batch.discount.reshape(-1, num_steps).index_select(0, mb_envs * num_steps + mb_inds // num_envs)
+    rows = batch.gae_matrix.reshape(-1, num_steps).index_select(0, mb_envs * num_steps + mb_inds // num_envs)
     deltas = td_errors(values, batch.rewards, batch.dones, batch.next_done, gamma)
     return (rows * deltas.T.index_select(0, mb_envs)).sum(-1)
 
@@ -365,7 +323,7 @@ def squared_error_hvp(critic, w, obs, targets):
     for l in reversed(range(1, len(layers))):
         deltas.insert(0, deltas[0] * slopes[l] if layers[l] is None else deltas[0] @ layers[l][0])
     # R{delta (1 - y^2)} = R{delta} (1 - y^2) - 2 delta y R{y} at each Tanh's output y: its u-free factors, once
-    curvatures = [2 * deltas[l] * hs[l + 1] if p is None else None for l, p in enumerate(layers)]
+    curvatures = [2 * deltas[l] * hs[l + 1] if wb is None else None for l, wb in enumerate(layers)]
 
     def hvp_one(u):
         tangents = critic_layers(critic, u)
@@ -389,19 +347,19 @@ def hessian_rows(hvp, coords, dim):
 
 def cg_ihvp(hvp, v, rho, iterations, tol=0.0):
     """At most `iterations` CG steps from x = 0, until ||r|| <= tol ||v||; NaN if H + rho I has curvature <= 0."""
-    x, r, p = torch.zeros_like(v), v.clone(), v.clone()
+    x, r, d = torch.zeros_like(v), v.clone(), v.clone()
     rs, stop = r @ r, (tol * v.norm()) ** 2
     for _ in range(iterations):
         if rs <= stop:
             break
-        Ap = hvp(p) + rho * p
-        curvature = p @ Ap
+        Ad = hvp(d) + rho * d
+        curvature = d @ Ad
         if not curvature > 0:
             return torch.full_like(v, float("nan"))
         alpha = rs / curvature
-        x, r = x + alpha * p, r - alpha * Ap
+        x, r = x + alpha * d, r - alpha * Ad
         rs_old, rs = rs, r @ r
-        p = r + (rs / rs_old) * p
+        d = r + (rs / rs_old) * d
     return x
 
 
@@ -479,29 +437,30 @@ def cosine(a, b):
 
 
 class HypergradStats:
-    """The diagnostics: means since the last `pop_means`, which adds the run's counts of updates whose solver failed
-    and took the Gauss-Newton system and of non-finite corrections that fell back to h = g; `updates` counts all."""
+    """Diagnostics: means since the last `pop_means`, and the run's counts of updates and of both fallbacks."""
 
     def __init__(self):
         self.updates, self.gauss_newton, self.fallbacks, self.values = 0, 0, 0, defaultdict(list)
 
-    def record(self, **values):
-        for name, value in values.items():
-            self.values[name].append(value)
+    def check_due(self, every):
+        """Whether the next update is one of every `every`-th (0: none), whose c is checked against the exact IHVP's."""
+        return bool(every) and (self.updates + 1) % every == 0
 
-    def add(self, g, c, scale):
-        """One update: g, c before the bound, and the bound's factor (NaN: c was not finite, h = g)."""
+    def add(self, g, c, scale, gauss_newton=False, c_exact=None):
+        """One update: g, c before the bound, its scale (NaN: h = g), a solver's fall to Gauss-Newton, c* if checked."""
         self.updates += 1
+        self.gauss_newton += gauss_newton
         if math.isnan(scale):
             self.fallbacks += 1
             return
         g_norm, c_norm = g.norm().item(), c.norm().item()
-        self.record(direct_grad_norm=g_norm, correction_norm=c_norm, correction_ratio=c_norm / max(g_norm, 1e-12))
-        self.record(cos_correction_direct=cosine(c, g), bound_active_frac=float(scale < 1))
-
-    def add_check(self, c, c_exact):
-        """The correction c against the exact IHVP's: ||c - c*|| / ||c*|| and cos(c, c*)."""
-        self.record(ihvp_error=((c - c_exact).norm() / max(c_exact.norm(), 1e-12)).item(), ihvp_cos=cosine(c, c_exact))
+        values = dict(direct_grad_norm=g_norm, correction_norm=c_norm, correction_ratio=c_norm / max(g_norm, 1e-12))
+        values |= dict(cos_correction_direct=cosine(c, g), bound_active_frac=float(scale < 1))
+        if c_exact is not None:
+            error = (c - c_exact).norm() / max(c_exact.norm(), 1e-12)
+            values |= dict(ihvp_error=error.item(), ihvp_cos=cosine(c, c_exact))
+        for name, value in values.items():
+            self.values[name].append(value)
 
     def pop_means(self):
         means = {name: sum(values) / len(values) for name, values in self.values.items()}
@@ -509,8 +468,9 @@ class HypergradStats:
         return means | {"nonfinite_fallbacks": self.fallbacks, "gauss_newton_fallbacks": self.gauss_newton}
 
 
-def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generator, stats):
-    """One bilevel update on mb_inds: K - 1 critic steps alone, then PPO's step with the actor's hypergradient."""
+def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generator, check=False):
+    """One bilevel update on mb_inds: K - 1 critic steps alone, then PPO's step with the actor's hypergradient.
+    Returns the losses and HypergradStats.add's arguments (with c* from the exact IHVP if `check`), or None."""
     mb_obs, mb_returns, mb_values = batch.obs[mb_inds], batch.returns[mb_inds], batch.values[mb_inds]
     # 3a. Nested critic: K - 1 optimizer steps on PPO's value loss alone, toward the best response w*(theta)
     for _ in range(args.nested_updates - 1):
@@ -560,29 +520,66 @@ def update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generato
         if gauss_newton:  # x = (G + rho I)^-1 v, G the Gauss-Newton part of H
             jacobian = critic_jacobian(critic_fn, w, mb_obs)
             x = gauss_newton_ihvp(jacobian, v, args.ihvp_rho)
+        x_exact = exact_ihvp(gauss_newton_hvp(jacobian) if gauss_newton else hvp, v, args.ihvp_rho) if check else None
 
-        # 3d. Mixed term: c = (d^2 L / d theta d w) x
+        # 3d. Mixed term: c = (d^2 L / d theta d w) x, and when checked c* from the exact x of the same system
         c = mixed_term(x, ratio, critic_fn, w, mb_obs, mb_returns, actor_params)
+        c_exact = mixed_term(x_exact, ratio, critic_fn, w, mb_obs, mb_returns, actor_params) if check else None
 
         # 3e. Bound: h = g - c with ||c|| capped at beta ||g||; a non-finite c falls back to h = g
         h, scale = bounded_hypergradient(g, c, args.hypergrad_bound)
         for p, grad in zip(actor_params, h.split([p.numel() for p in actor_params])):
             p.grad = grad.view_as(p).clone()
-
-        # Diagnostics: the sizes and the fallbacks; every ihvp_check_every-th update, c against the exact x's
-        stats.add(g, c, scale)
-        stats.gauss_newton += gauss_newton and args.ihvp != "gauss-newton"
-        if args.ihvp_check_every and stats.updates % args.ihvp_check_every == 0 and not math.isnan(scale):
-            hvp = gauss_newton_hvp(jacobian) if gauss_newton else hvp  # the system the update solved
-            x_exact = exact_ihvp(hvp, v, args.ihvp_rho)
-            stats.add_check(c, mixed_term(x_exact, ratio, critic_fn, w, mb_obs, mb_returns, actor_params))
+        hypergrad = dict(g=g, c=c, scale=scale, c_exact=c_exact, gauss_newton=gauss_newton and hvp is not None)
 
     # 3f. Step: both networks, as PPO's (the critic's K-th, the actor's first): clip the joint norm, then Adam
     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
     optimizer.step()
     losses = dict(value_loss=v_loss, policy_loss=pg_loss, entropy=entropy_loss)
     losses |= dict(old_approx_kl=old_approx_kl, approx_kl=approx_kl, clipfrac=clipfrac)
-    return {name: t.item() for name, t in losses.items()}
+    return {name: t.item() for name, t in losses.items()}, hypergrad if args.hypergrad else None
+
+
+def check_args(args: Args) -> None:
+    """ValueError naming the first setting that cannot run, or the package that is too old."""
+    versions = [(m.__name__, m.__version__, need) for m, need in ((gym, "1.1"), (torch, "2.4"))]
+    too_old = [f"{name} {v} is too old (< {need})" for name, v, need in versions if TorchVersion(v) < need]
+    batch_size = args.num_envs * args.num_steps
+    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
+    counts += ["nested_updates", "ihvp_rank"]
+    for bad, message in [
+        (too_old, "; ".join(too_old) + ": pip install -r requirements.txt"),
+        *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],
+        ("/" in args.exp_name, f"--exp-name {args.exp_name!r} contains '/', but it names the run directory"),
+        (batch_size % max(args.num_minibatches, 1), f"--num-minibatches does not divide the {batch_size} steps"),
+        (args.total_timesteps < batch_size, f"--total-timesteps is less than one batch ({batch_size} steps)"),
+        (not args.ihvp_rho > 0, f"--ihvp-rho must be positive, got {args.ihvp_rho}"),
+        (not args.hypergrad_bound >= 0, f"--hypergrad-bound must be non-negative, got {args.hypergrad_bound}"),
+        (args.ihvp_check_every < 0, f"--ihvp-check-every must be 0 (off) or positive, got {args.ihvp_check_every}"),
+    ]:
+        if bad:
+            raise ValueError(message)
+
+
+def route_mujoco_warnings() -> None:
+    """MuJoCo's warnings through Python's filters, not into MUJOCO_LOG.TXT; RuntimeError if MuJoCo cannot load."""
+    try:
+        import mujoco  # loads the OpenGL library MUJOCO_GL names
+    except Exception as e:
+        raise RuntimeError(f"MuJoCo cannot load with MUJOCO_GL={os.environ['MUJOCO_GL']} (try egl): {e!r}") from e
+    mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2))
+
+
+def check_rendering(env_id):
+    """Render a frame of a throwaway `env_id` before training; RuntimeError with the renderer's complaints."""
+    with warnings.catch_warnings(record=True) as caught, gym.make(env_id, render_mode="rgb_array") as env:
+        try:
+            env.reset(seed=0)
+            env.render()
+        except Exception as e:
+            complaints = [str(w.message) for w in caught if w.category is not DeprecationWarning] + [repr(e)]
+            where = f"cannot render {env_id!r} for --capture-video with MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
+            raise RuntimeError(f"{where}: {'; '.join(dict.fromkeys(complaints))}") from e
 
 
 def save_model(path, agent, envs):
@@ -725,8 +722,8 @@ if __name__ == "__main__":
 
             # flatten the batch; A(w) also needs the rollout's shape, its bootstrap states and its GAE matrix
             flat_rollout = [t.flatten(0, 1) for t in (obs, actions, logprobs, advantages, returns, values)]
-            discount = gae_discount_matrix(dones, next_done, args.gamma, args.gae_lambda) if args.hypergrad else None
-            batch = Batch(*flat_rollout, torch.cat([obs, next_obs[None]]), rewards, dones, next_done, discount)
+            gae_matrix = gae_discount_matrix(dones, next_done, args.gamma, args.gae_lambda) if args.hypergrad else None
+            batch = Batch(*flat_rollout, torch.cat([obs, next_obs[None]]), rewards, dones, next_done, gae_matrix)
 
             # 3. Update: update_epochs passes over random minibatches, each a bilevel step (critic K times, actor once)
             b_inds = np.arange(args.batch_size)
@@ -735,8 +732,11 @@ if __name__ == "__main__":
                 np.random.shuffle(b_inds)
                 for start in range(0, args.batch_size, args.minibatch_size):
                     mb_inds = b_inds[start : start + args.minibatch_size]
-                    losses = update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generator, stats)
+                    check = stats.check_due(args.ihvp_check_every)
+                    losses, diag = update_minibatch(agent, optimizer, critic_fn, batch, mb_inds, args, generator, check)
                     clipfracs.append(losses["clipfrac"])
+                    if diag:
+                        stats.add(**diag)
 
                 if args.target_kl is not None and losses["approx_kl"] > args.target_kl:
                     break

@@ -14,12 +14,14 @@
 # What cannot be translated exactly, and what is done instead:
 # - Brax's positional MuJoCo models -> Gymnasium's MuJoCo v4 tasks (other dynamics, observations and rewards).
 # - JAX's coordinates: theirs come from jax.random key 0 over JAX's parameter order; here the first 5 of torch.randperm
-#   with a generator seeded 0 over PyTorch's order: as theirs, the same at every update and for every seed.
+#   with a generator seeded 0 over PyTorch's order: as theirs, the same at every update and for every seed. Their C
+#   is not H[S, :] but jacrev's per-layer blocks concatenated and cut into k pieces; here the exact rows (the
+#   difference in x and h: benchmark/authors_nystrom.py).
 # - Brax's AutoReset restarts an env from the state cached at its first reset; Gymnasium's same-step autoreset draws
 #   a fresh start for every episode (the observation after a done is the next episode's first).
 # - Action bounds: their ClipAction clips to [-1, 1]; here to the env's action space (Humanoid-v4's is +-0.4).
-# - Their f2 has no guard against a non-finite c: the update is kept, each non-finite c is counted, and parameters that
-#   turn non-finite stop the run with one `error:` line, the events and the last finite model kept.
+# - Their update has no guard: a non-finite c is applied and counted; weights that turn non-finite, or a singular
+#   core, stop the run with one `error:` line, the events and the last finite model kept.
 import math
 import os
 import random
@@ -234,10 +236,10 @@ def gae_discount_matrix(dones, gamma, gae_lambda):
     return torch.where(same & (lag >= 0), (gamma * gae_lambda) ** lag.clamp(min=0), 0.0)
 
 
-def advantages_from_values(values, rewards, dones, discount, gamma):
+def advantages_from_values(values, rewards, dones, gae_matrix, gamma):
     """A = D delta for values (..., T + 1): V at the T states and the bootstrap state, differentiable in them."""
     deltas = rewards + gamma * (1 - dones) * values[..., 1:] - values[..., :-1]
-    return (discount @ deltas[..., None]).squeeze(-1)
+    return (gae_matrix @ deltas[..., None]).squeeze(-1)
 
 
 def flat(tensors):
@@ -275,27 +277,25 @@ def hessian_rows(loss_fn, w, coords):
     return torch.func.vmap(hvp)(units)
 
 
-def clipped_objective(ratio, advantages, clip):
+def clipped_surrogate(ratio, advantages, clip):
     """min(r A, clip(r, 1 - clip, 1 + clip) A), per sample."""
     return torch.minimum(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
 
 
-def mixed_correction(f2_grad_w, x, actor_params):
+def mixed_term(f2_grad_w, x, actor_params):
     """c = D_w[grad_theta f2](x) = grad_theta (grad_w f2 . x), from grad_w f2 taken with create_graph=True."""
     return flat(torch.autograd.grad(f2_grad_w @ x, actor_params))
 
 
 def matched_control(c, g, sizes, generator):
-    """c = a g/||g|| + r with r orthogonal to g, r replaced by a random r' that has r's norm on every tensor (`sizes`
-    splits the flat vectors) and is orthogonal to g's piece there: ||c||, cos(c, g) and each tensor's ||r|| are
-    c's own, only the direction within each tensor is drawn. A tensor of one entry keeps its r."""
+    """c = a g / ||g|| + r, r orthogonal to g, with r replaced per tensor (`sizes` splits the vectors) by a random r'
+    orthogonal to g there and of r's norm: ||c||, cos(c, g) and each ||r_i|| stay c's. A one-entry tensor keeps r_i."""
     g_unit = g / g.norm() if g.norm() > 0 else g
     along = (c @ g_unit) * g_unit
     pieces = []
     for r_i, g_i in zip((c - along).split(sizes), g.split(sizes)):
         z = torch.randn(r_i.shape, generator=generator, dtype=r_i.dtype).to(r_i.device)
-        if g_i.norm() > 0:
-            z = z - (z @ g_i) / (g_i @ g_i) * g_i
+        z = z - (z @ g_i) / (g_i @ g_i).clamp(min=1e-30) * g_i  # orthogonal to g_i (a zero g_i leaves z)
         pieces.append(z * (r_i.norm() / z.norm()) if r_i.numel() > 1 else r_i)
     return along + torch.cat(pieces)
 
@@ -333,9 +333,8 @@ def minibatch_losses(v_loss, pg_loss, entropy, logratio, clip_coef):
 
 
 def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, generator=None):
-    """BLPO or PPO-Nested on one env's trajectory `traj` (obs, actions, logprobs, rewards, dones, targets and the
-    bootstrap observation last_obs, and its GAE matrix discount): K critic steps alone, then one actor step.
-    `generator` draws the controls' directions. Returns the losses, and BLPO's g, c, h and the bound's scale."""
+    """BLPO or PPO-Nested on one env's trajectory `traj` (its steps, bootstrap observation last_obs and gae_matrix): K
+    critic steps alone, then one actor step; `generator` draws the controls. Returns the losses and g, c, h, scale."""
     # 3a. Nested critic: K Adam steps on L(w) = mean (G - V_w(s))^2 over the trajectory
     for _ in range(args.nested_updates):
         v_loss = ((traj["targets"] - agent.get_value(traj["obs"])) ** 2).mean()
@@ -347,12 +346,12 @@ def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, gener
     w = flat(agent.critic.parameters()).detach().requires_grad_()
     states = torch.cat([traj["obs"], traj["last_obs"][None]])
     advantages = advantages_from_values(
-        critic_fn(w, states), traj["rewards"], traj["dones"], traj["discount"], args.gamma
+        critic_fn(w, states), traj["rewards"], traj["dones"], traj["gae_matrix"], args.gamma
     )
     _, newlogprob, entropy = agent.get_action(traj["obs"], traj["actions"])
     logratio = newlogprob - traj["logprobs"]
     ratio = logratio.exp()
-    pg_loss = -clipped_objective(ratio, advantages, args.clip_coef).mean()
+    pg_loss = -clipped_surrogate(ratio, advantages, args.clip_coef).mean()
     actor_params = agent.actor_parameters()
     grads = torch.autograd.grad(pg_loss, [*actor_params, w], retain_graph=args.algo == "blpo")
     g, v = flat(grads[:-1]), grads[-1]
@@ -365,10 +364,10 @@ def update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, gener
 
         # 3d. Mixed term: f2 = -2 sum_t min(r A(w), clip(r, 1 +- c_f) A(w)) (G - V_w(s)), c = D_w[grad_theta f2](x)
         f2 = -2 * (
-            clipped_objective(ratio, advantages, args.mixed_clip) * (traj["targets"] - critic_fn(w, traj["obs"]))
+            clipped_surrogate(ratio, advantages, args.mixed_clip) * (traj["targets"] - critic_fn(w, traj["obs"]))
         )
         (f2_grad_w,) = torch.autograd.grad(f2.sum(), w, create_graph=True)
-        c = mixed_correction(f2_grad_w, x, actor_params)
+        c = mixed_term(f2_grad_w, x, actor_params)
         if args.correction == "matched":  # the controls: c's size (and angle to g), a random direction
             c = matched_control(c, g, [p.numel() for p in actor_params], generator)
         elif args.correction == "random":
@@ -389,7 +388,7 @@ def update_samples(agent, actor_opt, critic_opt, mb, args):
     _, newlogprob, entropy = agent.get_action(mb["obs"], mb["actions"])
     logratio = newlogprob - mb["logprobs"]
     ratio = logratio.exp()
-    pg_loss = -clipped_objective(ratio, mb["advantages"], args.clip_coef).mean()
+    pg_loss = -clipped_surrogate(ratio, mb["advantages"], args.clip_coef).mean()
     actor_opt.zero_grad()
     pg_loss.backward()
     actor_opt.step()
@@ -415,13 +414,9 @@ class HypergradStats:
             return
         self.sum_d, self.sum_g = self.sum_d + (g - h)[self.logstd].double(), self.sum_g + g[self.logstd].double()
         g_norm, c_norm = g.norm().item(), c.norm().item()
-        for name, value in dict(
-            direct_grad_norm=g_norm,
-            correction_norm=c_norm,
-            correction_ratio=c_norm / max(g_norm, 1e-12),
-            cos_correction_direct=cosine(c, g),
-            bound_active_frac=float(scale < 1),
-        ).items():
+        values = dict(direct_grad_norm=g_norm, correction_norm=c_norm, correction_ratio=c_norm / max(g_norm, 1e-12))
+        values |= dict(cos_correction_direct=cosine(c, g), bound_active_frac=float(scale < 1))
+        for name, value in values.items():
             self.values.setdefault(name, []).append(value)
 
     def pop_means(self):
@@ -526,8 +521,8 @@ if __name__ == "__main__":
         sys.exit(f"error: --ihvp-rank {args.ihvp_rank} exceeds the critic's parameters")
     # two Adams: PPO's both at learning_rate, annealed; BLPO's and PPO-Nested's at learning_rate and critic_lr
     critic_rate = args.learning_rate if args.algo == "ppo" else args.critic_lr
-    actor_opt = optim.Adam(agent.actor_parameters(), lr=args.learning_rate, eps=1e-5)
-    critic_opt = optim.Adam(agent.critic.parameters(), lr=critic_rate, eps=1e-5)
+    actor_opt = optim.Adam(agent.actor_parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    critic_opt = optim.Adam(agent.critic.parameters(), lr=critic_rate, eps=1e-5, fused=True)
     critic_fn = functional_critic(agent.critic)
     stats = HypergradStats(logstd_size=int(np.prod(act_shape)))
     gen = torch.Generator().manual_seed(args.seed)  # the controls' draws, apart from the global generator's
@@ -575,8 +570,8 @@ if __name__ == "__main__":
             # 2. Advantages: their GAE with the rollout's critic; targets G = A + V stay fixed during the update
             with torch.no_grad():
                 all_values = torch.cat([values, agent.get_value(next_obs)[None]]).T  # (num_envs, num_steps + 1)
-                discount = gae_discount_matrix(dones.T, args.gamma, args.gae_lambda)
-                advantages = advantages_from_values(all_values, rewards.T, dones.T, discount, args.gamma).T
+                gae_matrix = gae_discount_matrix(dones.T, args.gamma, args.gae_lambda)
+                advantages = advantages_from_values(all_values, rewards.T, dones.T, gae_matrix, args.gamma).T
                 targets = advantages + values
 
             # 3. Update: update_epochs passes over shuffled samples (ppo) or over the envs' trajectories (blpo, nested)
@@ -593,7 +588,7 @@ if __name__ == "__main__":
                     continue
                 for env_idx in np.random.permutation(args.num_envs):  # one env's whole trajectory per minibatch
                     traj = {k: t[:, env_idx] for k, t in rollout.items()}
-                    traj |= {"last_obs": next_obs[env_idx], "discount": discount[env_idx]}
+                    traj |= {"last_obs": next_obs[env_idx], "gae_matrix": gae_matrix[env_idx]}
                     before = {k: t.clone() for k, t in agent.state_dict().items()}
                     try:
                         losses, hypergrad = update_trajectory(agent, actor_opt, critic_opt, critic_fn, traj, args, gen)

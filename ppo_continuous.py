@@ -61,44 +61,6 @@ class Args:
     num_iterations: int = field(default=0, init=False)  # the number of iterations (computed in runtime)
 
 
-def check_args(args: Args) -> None:
-    """ValueError naming the first setting that cannot run, or the package that is too old."""
-    versions = [(m.__name__, m.__version__, need) for m, need in ((gym, "1.1"), (torch, "2.4"))]
-    too_old = [f"{name} {v} is too old (< {need})" for name, v, need in versions if TorchVersion(v) < need]
-    batch_size = args.num_envs * args.num_steps
-    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
-    for bad, message in [
-        (too_old, "; ".join(too_old) + ": pip install -r requirements.txt"),
-        *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],
-        ("/" in args.exp_name, f"--exp-name {args.exp_name!r} contains '/', but it names the run directory"),
-        (batch_size % max(args.num_minibatches, 1), f"--num-minibatches does not divide the {batch_size} steps"),
-        (args.total_timesteps < batch_size, f"--total-timesteps is less than one batch ({batch_size} steps)"),
-    ]:
-        if bad:
-            raise ValueError(message)
-
-
-def route_mujoco_warnings() -> None:
-    """MuJoCo's warnings through Python's filters, not into MUJOCO_LOG.TXT; RuntimeError if MuJoCo cannot load."""
-    try:
-        import mujoco  # loads the OpenGL library MUJOCO_GL names
-    except Exception as e:
-        raise RuntimeError(f"MuJoCo cannot load with MUJOCO_GL={os.environ['MUJOCO_GL']} (try egl): {e!r}") from e
-    mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2))
-
-
-def check_rendering(env_id):
-    """Render a frame of a throwaway `env_id` before training; RuntimeError with the renderer's complaints."""
-    with warnings.catch_warnings(record=True) as caught, gym.make(env_id, render_mode="rgb_array") as env:
-        try:
-            env.reset(seed=0)
-            env.render()
-        except Exception as e:
-            complaints = [str(w.message) for w in caught if w.category is not DeprecationWarning] + [repr(e)]
-            where = f"cannot render {env_id!r} for --capture-video with MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
-            raise RuntimeError(f"{where}: {'; '.join(dict.fromkeys(complaints))}") from e
-
-
 def make_env(env_id, idx, capture_video, run_name, gamma):
     def thunk():
         if capture_video and idx == 0:
@@ -267,6 +229,45 @@ def update_minibatch(agent, optimizer, batch, mb_inds, args):
     losses = dict(value_loss=v_loss, policy_loss=pg_loss, entropy=entropy_loss)
     losses |= dict(old_approx_kl=old_approx_kl, approx_kl=approx_kl, clipfrac=clipfrac)
     return {name: t.item() for name, t in losses.items()}
+
+
+# Plumbing: the checks before the first step, the checkpoint and its evaluation
+def check_args(args: Args) -> None:
+    """ValueError naming the first setting that cannot run, or the package that is too old."""
+    versions = [(m.__name__, m.__version__, need) for m, need in ((gym, "1.1"), (torch, "2.4"))]
+    too_old = [f"{name} {v} is too old (< {need})" for name, v, need in versions if TorchVersion(v) < need]
+    batch_size = args.num_envs * args.num_steps
+    counts = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"]
+    for bad, message in [
+        (too_old, "; ".join(too_old) + ": pip install -r requirements.txt"),
+        *[(getattr(args, n) < 1, f"--{n.replace('_', '-')} {getattr(args, n)} is less than 1") for n in counts],
+        ("/" in args.exp_name, f"--exp-name {args.exp_name!r} contains '/', but it names the run directory"),
+        (batch_size % max(args.num_minibatches, 1), f"--num-minibatches does not divide the {batch_size} steps"),
+        (args.total_timesteps < batch_size, f"--total-timesteps is less than one batch ({batch_size} steps)"),
+    ]:
+        if bad:
+            raise ValueError(message)
+
+
+def route_mujoco_warnings() -> None:
+    """MuJoCo's warnings through Python's filters, not into MUJOCO_LOG.TXT; RuntimeError if MuJoCo cannot load."""
+    try:
+        import mujoco  # loads the OpenGL library MUJOCO_GL names
+    except Exception as e:
+        raise RuntimeError(f"MuJoCo cannot load with MUJOCO_GL={os.environ['MUJOCO_GL']} (try egl): {e!r}") from e
+    mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2))
+
+
+def check_rendering(env_id):
+    """Render a frame of a throwaway `env_id` before training; RuntimeError with the renderer's complaints."""
+    with warnings.catch_warnings(record=True) as caught, gym.make(env_id, render_mode="rgb_array") as env:
+        try:
+            env.reset(seed=0)
+            env.render()
+        except Exception as e:
+            complaints = [str(w.message) for w in caught if w.category is not DeprecationWarning] + [repr(e)]
+            where = f"cannot render {env_id!r} for --capture-video with MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
+            raise RuntimeError(f"{where}: {'; '.join(dict.fromkeys(complaints))}") from e
 
 
 def save_model(path, agent, envs):

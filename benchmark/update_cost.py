@@ -14,6 +14,7 @@ process, in blocks of 32 calls: the median of the blocks' time ratios holds agai
 """
 
 import importlib.util
+import inspect
 import statistics
 import time
 from dataclasses import dataclass
@@ -92,14 +93,13 @@ def blpo_update(module, flat, extra, overrides):
     agent = module.Agent(OBS_DIM, ACT_DIM)
     groups = [{"params": agent.actor_parameters()}, {"params": list(agent.critic.parameters())}]
     optimizer = torch.optim.Adam(groups, lr=3e-4, eps=1e-5, fused=True)
-    discount = module.gae_discount_matrix(extra["dones"], extra["next_done"], args.gamma, args.gae_lambda)
-    batch = module.Batch(**flat, **extra, discount=discount)
-    critic_fn, generator, stats = (
-        module.functional_critic(agent.critic),
-        torch.Generator().manual_seed(1),
-        module.HypergradStats(),
-    )
-    return lambda mb: module.update_minibatch(agent, optimizer, critic_fn, batch, mb, args, generator, stats), agent
+    matrix = module.gae_discount_matrix(extra["dones"], extra["next_done"], args.gamma, args.gae_lambda)
+    field = "gae_matrix" if "gae_matrix" in module.Batch._fields else "discount"  # its name before #43
+    batch = module.Batch(**flat, **extra, **{field: matrix})
+    critic_fn, generator = module.functional_critic(agent.critic), torch.Generator().manual_seed(1)
+    # the last argument: no IHVP check; before #43 the update took HypergradStats there and recorded into it
+    last = module.HypergradStats() if "stats" in inspect.signature(module.update_minibatch).parameters else False
+    return lambda mb: module.update_minibatch(agent, optimizer, critic_fn, batch, mb, args, generator, last), agent
 
 
 def compare(other: Path, blocks: int) -> dict[str, torch.nn.Module]:

@@ -78,10 +78,66 @@ def run_in_tmp_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture(params=BLPO_SCRIPTS)
-def blpo(request):
-    """A BLPO script's module, with float64 as the default dtype so that comparisons with references can be tight."""
+@pytest.fixture
+def float64():
+    """float64 as the default dtype, so that comparisons with references can be tight."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    yield importlib.import_module(request.param)
+    yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture(params=BLPO_SCRIPTS)
+def blpo(request, float64):
+    """A BLPO script's module, with float64 as the default dtype."""
+    return importlib.import_module(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_grid(tmp_path_factory):
+    """Two PPO variants on Hopper-v4, seeds 1 and 2, 1024 steps each: the output folder and the run's result."""
+    from grids import grid_flags, runner
+
+    out = tmp_path_factory.mktemp("grid") / "out"
+    return out, runner(*grid_flags(out))
+
+
+@pytest.fixture
+def hand_written_runs(tmp_path):
+    """Two variants on CartPole-v1 with 1000 steps; expected values are worked out in the test."""
+    from grids import write_run
+
+    # ppo seed 1: 20 episodes at 50, 100, ..., 1000 returning 5, 10, ..., 100
+    write_run(tmp_path, "ppo", 1, [(50 * i, 5.0 * i) for i in range(1, 21)])
+    write_run(tmp_path, "ppo", 2, list(zip([300, 600, 900, 950, 990], [10.0, 20.0, 30.0, 40.0, 60.0])))
+    # blpo seed 1: 20 episodes returning 0 then 10 returning 100, at steps 130, 160, ..., 1000
+    blpo_returns = [0.0] * 20 + [100.0] * 10
+    write_run(
+        tmp_path,
+        "blpo",
+        1,
+        [(100 + 30 * i, r) for i, r in enumerate(blpo_returns, start=1)],
+        hypergrad__correction_ratio=[(100, 1.0), (200, 2.0), (300, 3.0)],
+        hypergrad__nonfinite_fallbacks=[(100, 0.0), (200, 1.0), (300, 2.0)],
+        hypergrad__ihvp_error=[(100, 0.5), (300, 7.0)],
+        hypergrad__ihvp_cos=[(100, 0.25), (300, -0.5)],
+        losses__entropy=[(100, 1.5), (300, 0.5), (200, 9.0)],
+        hypergrad__push__actor_logstd__ratio=[(100, 9.0), (300, 0.5)],  # cumulative: the final value counts
+        hypergrad__push__actor_logstd__cos_direct=[(300, -1.0)],
+        hypergrad__push__actor_logstd__coherence=[(300, 2.0)],
+    )
+    write_run(
+        tmp_path,
+        "blpo",
+        2,
+        [(500, 0.0), (1000, 40.0)],
+        hypergrad__correction_ratio=[(100, 4.0), (200, 6.0)],
+        hypergrad__nonfinite_fallbacks=[(100, 0.0), (200, 3.0)],
+        hypergrad__ihvp_error=[(100, 1.5)],
+        hypergrad__ihvp_cos=[(100, 1.0)],
+        losses__entropy=[(100, 2.0), (200, -1.5)],
+        hypergrad__push__actor_logstd__ratio=[(200, 1.5)],
+        hypergrad__push__actor_logstd__cos_direct=[(200, 0.0)],
+        hypergrad__push__actor_logstd__coherence=[(200, 4.0)],
+    )
+    return tmp_path

@@ -20,14 +20,6 @@ TINY = TINY["blpo_continuous_authors"].argv()  # 2 iterations of 3 x 40 on Hoppe
 pytestmark = pytest.mark.usefixtures("run_in_tmp_cwd")
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def their_gae(rewards, values, dones, gamma=0.99, lam=0.95):
     """Their calculate_gae as a plain loop: values has T + 1 entries, the last the bootstrap state's."""
     advantages, gae = [], 0.0
@@ -95,7 +87,7 @@ def trajectory(agent, seed=0):
         dones=dones,
         targets=3 * torch.randn(T, generator=gen),
         last_obs=torch.randn(3, generator=gen),
-        discount=authors.gae_discount_matrix(dones, 0.99, 0.95),
+        gae_matrix=authors.gae_discount_matrix(dones, 0.99, 0.95),
     )
 
 
@@ -387,7 +379,7 @@ def test_a_nonfinite_c_is_counted_and_broken_weights_stop_the_run_losing_nothing
     """c turns NaN on the 5th update: their update applies it, the weights turn NaN, the run stops with one `error:`
     line; the saved model is the one before that update and finite, and the events hold the episodes and the count."""
     module, calls, snapshots = load_script("blpo_continuous_authors"), [], []
-    mixed, update = module.mixed_correction, module.update_trajectory
+    mixed, update = module.mixed_term, module.update_trajectory
 
     def failing_mixed(*args):
         calls.append(1)
@@ -398,7 +390,7 @@ def test_a_nonfinite_c_is_counted_and_broken_weights_stop_the_run_losing_nothing
         snapshots.append({k: t.clone() for k, t in agent.state_dict().items()})
         return update(agent, *rest)
 
-    monkeypatch.setattr(module, "mixed_correction", failing_mixed)
+    monkeypatch.setattr(module, "mixed_term", failing_mixed)
     monkeypatch.setattr(module, "update_trajectory", recording_update)
     with pytest.raises(SystemExit) as stop:
         run_main(module, TINY, tmp_path)

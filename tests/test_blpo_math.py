@@ -310,15 +310,14 @@ def test_stats_count_fallbacks_and_average_the_rest(blpo):
     stats.add(g, torch.tensor([float("nan"), 0.0]), math.nan)
     stats.add(g, torch.tensor([0.5, 0.0]), 1.0)
     stats.add(g, torch.tensor([0.0, 2.0]), 0.5)
-    stats.add(g, torch.tensor([0.0, -0.5]), 1.0)
-    stats.add_check(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0]))
-    assert stats.updates == 4 and stats.fallbacks == 1
+    stats.add(g, torch.tensor([1.0, 1.0]), 1.0, gauss_newton=True, c_exact=torch.tensor([1.0, 0.0]))
+    assert stats.updates == 4 and stats.fallbacks == 1 and stats.gauss_newton == 1
     means = stats.pop_means()
-    assert means["correction_ratio"] == pytest.approx((0.5 + 2 + 0.5) / 3)
-    assert means["cos_correction_direct"] == pytest.approx(1 / 3)
+    assert means["correction_ratio"] == pytest.approx((0.5 + 2 + 2**0.5) / 3)
+    assert means["cos_correction_direct"] == pytest.approx((1 + 0 + 2**-0.5) / 3)
     assert means["bound_active_frac"] == pytest.approx(1 / 3)
     assert means["ihvp_error"] == pytest.approx(1.0) and means["ihvp_cos"] == pytest.approx(2**-0.5)
-    assert stats.pop_means() == {"nonfinite_fallbacks": 1, "gauss_newton_fallbacks": 0}
+    assert stats.pop_means() == {"nonfinite_fallbacks": 1, "gauss_newton_fallbacks": 1}
 
 
 # --- The Gauss-Newton IHVP, every solver's fallback where H + rho I is indefinite ------------------------------

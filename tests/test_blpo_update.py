@@ -66,7 +66,7 @@ def make_problem(blpo, seed=0):
         rewards=rewards,
         dones=dones,
         next_done=next_done,
-        discount=blpo.gae_discount_matrix(dones, next_done, 0.99, 0.95),
+        gae_matrix=blpo.gae_discount_matrix(dones, next_done, 0.99, 0.95),
     )
     return agent, batch
 
@@ -97,11 +97,15 @@ def sgd(agent):
 
 
 def script_update(blpo, agent, batch, args, generator=None, stats=None):
-    """One call of the script's update_minibatch on MB_INDS; returns (losses, stats)."""
+    """One call of the script's update_minibatch on MB_INDS, recorded as the main loop records it; returns (losses,
+    stats)."""
     stats = stats or blpo.HypergradStats()
     generator = generator or torch.Generator().manual_seed(0)
     critic_fn = blpo.functional_critic(agent.critic)
-    losses = blpo.update_minibatch(agent, sgd(agent), critic_fn, batch, MB_INDS, args, generator, stats)
+    check = stats.check_due(args.ihvp_check_every)
+    losses, diag = blpo.update_minibatch(agent, sgd(agent), critic_fn, batch, MB_INDS, args, generator, check)
+    if diag:
+        stats.add(**diag)
     return losses, stats
 
 
@@ -370,10 +374,10 @@ def test_run_builds_the_batch_and_calls_the_update_as_specified(script, tmp_path
     calls, coordinates = [], []
     original_update, original_rows = module.update_minibatch, module.hessian_rows
 
-    def recording_update(agent, optimizer, critic_fn, batch, mb_inds, args, generator, stats):
+    def recording_update(agent, optimizer, critic_fn, batch, mb_inds, args, generator, check):
         snapshot = type(batch)(*(None if t is None else t.clone() for t in batch))  # the storage is reused
         calls.append((snapshot, np.array(mb_inds), agent.get_value(batch.states[-1]).detach()))
-        return original_update(agent, optimizer, critic_fn, batch, mb_inds, args, generator, stats)
+        return original_update(agent, optimizer, critic_fn, batch, mb_inds, args, generator, check)
 
     def recording_rows(hvp, coords, dim):
         coordinates.append(coords)
@@ -399,7 +403,7 @@ def test_run_builds_the_batch_and_calls_the_update_as_specified(script, tmp_path
         all_values = torch.cat([values, next_value.view(1, -1)])
         next_nonterminal = 1.0 - torch.cat([batch.dones[1:], batch.next_done[None]])
         deltas = batch.rewards + 0.99 * next_nonterminal * all_values[1:] - all_values[:-1]
-        recomputed = torch.einsum("ets,se->te", batch.discount, deltas).reshape(-1)
+        recomputed = torch.einsum("ets,se->te", batch.gae_matrix, deltas).reshape(-1)
         torch.testing.assert_close(recomputed, batch.advantages, rtol=1e-4, atol=1e-4)
     assert not torch.equal(calls[0][0].obs, calls[epochs * minibatches][0].obs)
     twin = torch.Generator().manual_seed(3)
@@ -595,7 +599,8 @@ def test_ppo_variant_of_blpo_discrete_is_cleanrl_ppo(clip_vloss):
     b_inds = np.random.default_rng(0).permutation(n)
     for start in range(0, n, 32):
         mb_inds = b_inds[start : start + 32]
-        losses = module.update_minibatch(agent, optimizer, None, batch, mb_inds, args, None, None)
+        losses, diag = module.update_minibatch(agent, optimizer, None, batch, mb_inds, args, None)
+        assert diag is None
         expected = cleanrl_ppo_minibatch(
             reference, reference_optimizer, obs, actions, logprobs, advantages, returns, values, mb_inds, args
         )
