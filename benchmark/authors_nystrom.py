@@ -15,6 +15,7 @@ measurement wraps three of its helpers. The table goes to stdout and `{out}/summ
 
 import csv
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +113,8 @@ def main(args: Args) -> None:
         records = []
         total = str(args.iterations * 32 * 640)
         flags = ["--algo", "blpo", "--env-id", env_id, "--seed", str(args.seed), "--total-timesteps", total]
-        run_main(measured_script(records), flags, args.out / "cwd" / env_id)
+        with tempfile.TemporaryDirectory() as cwd:  # the runs' events are not kept
+            run_main(measured_script(records), flags, Path(cwd))
         table += summary_rows(env_id, records)
         per_update += [dict(env_id=env_id, update=i) | r for i, r in enumerate(records)]
     header = "| task | measure | updates | median | p90 | max | min |\n|---|---|---|---|---|---|---|\n"

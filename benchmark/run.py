@@ -25,12 +25,14 @@ P(X > Y) of every variant X over each `--baselines` variant Y, per env and avera
 a verdict (a table in summary.md, `probability_of_improvement.csv` and `probability_of_improvement.png`).
 """
 
+import ctypes
 import json
 import math
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -148,7 +150,7 @@ class Workers:
         with self.lock:
             if self.stopped:
                 return None
-            proc = subprocess.Popen(command, **popen_kwargs)
+            proc = subprocess.Popen(command, preexec_fn=die_with_parent, **popen_kwargs)
             self.running.add(proc)
         try:
             return proc.wait()
@@ -170,6 +172,16 @@ class Workers:
 RUN_SPACE = 32 * 2**20
 """the disk space a run may take (its events, log and record): below it, a run that failed is taken to have met a
 full disk"""
+
+
+PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None  # looked up before any fork
+
+
+def die_with_parent() -> None:
+    """In a run's process before it starts (Linux): SIGKILL it when the thread that started it dies, so that a killed
+    runner or Ray worker leaves no training behind (the thread waits on the run, so it lives as long)."""
+    if PRCTL is not None:
+        PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run_dir(out: Path, variant: Variant, env_id: str, seed: int) -> Path:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,11 +122,12 @@ def child_pids(pid: int) -> list[int]:
 
 
 def is_training(pid: int) -> bool:
-    """Whether process `pid` exists and runs a training script."""
+    """Whether process `pid` exists and runs a training script (`python .../*_continuous.py ...`)."""
     try:
-        return b"_continuous.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    return len(argv) > 1 and argv[1].endswith(b"_continuous.py")
 
 
 def test_ctrl_c_stops_the_workers_and_names_the_unfinished_runs(tmp_path):
@@ -313,3 +315,83 @@ def test_a_full_disk_stops_the_grid_with_one_line_and_the_grid_resumes(tiny_grid
     assert resumed.returncode == 0, resumed.stderr
     assert "2 runs, 1 already finished, 1 to run" in resumed.stdout
     assert records.record_fault(grid / "ppo" / "Hopper-v4" / "seed1") is None
+
+
+def training_processes() -> dict[int, int]:
+    """pid -> parent pid of every process running a training script."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        pid = int(stat.parent.name)
+        if is_training(pid):
+            try:
+                found[pid] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def is_ray_worker(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::")
+    except OSError:
+        return False
+
+
+def test_a_ray_worker_killed_mid_run_is_retried_and_leaves_no_run_behind(tmp_path):
+    """SIGKILL to the Ray worker running a task, once its training run has started: its training process dies with
+    it, Ray runs the task again, and the grid ends with the run's whole record and no traceback."""
+    out = tmp_path / "out"
+    flags = ["--variants", f"ppo=ppo_continuous.py {SIZES}", "--env-ids", "Pendulum-v1", "--seeds", "1"]
+    flags += ["--total-timesteps", "6144", "--workers", "1", "--backend", "ray", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmark" / "run.py"), *flags],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (started := {p: parent for p, parent in training_processes().items() if is_ray_worker(parent)}):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(3)  # mid-run
+        [(run_pid, worker_pid)] = started.items()
+        os.kill(worker_pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(1)
+    assert not is_training(run_pid)  # it died with its worker
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "ppo Pendulum-v1 seed 1: ok" in stdout
+    assert records.record_fault(out / "ppo" / "Pendulum-v1" / "seed1") is None
+
+
+def test_a_grid_killed_mid_run_takes_its_run_along_and_resumes(tmp_path):
+    """SIGKILL to the runner alone (not its process group) while its run trains: the run dies with it, no record is
+    left, and the same command then finishes the grid."""
+    out = tmp_path / "out"
+    flags = ["--variants", f"ppo=ppo_continuous.py {SIZES}", "--env-ids", "Hopper-v4", "--seeds", "1"]
+    flags += ["--total-timesteps", "16384", "--workers", "1", "--out", str(out)]  # long enough to be killed in
+    command = [sys.executable, str(ROOT / "benchmark" / "run.py"), *flags]
+    proc = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL)
+    try:
+        wait_for_text(out / "ppo" / "Hopper-v4" / "seed1" / "run.log", "SPS=", proc, timeout=300)
+        [worker] = child_pids(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 2  # well before the run could finish on its own
+    while is_training(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not is_training(worker)
+    assert not (out / "ppo" / "Hopper-v4" / "seed1" / "record.json").exists()
+    resumed = runner(*flags)
+    assert resumed.returncode == 0, resumed.stderr
+    assert records.record_fault(out / "ppo" / "Hopper-v4" / "seed1") is None
