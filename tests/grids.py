@@ -28,6 +28,14 @@ def runner(*flags: str) -> subprocess.CompletedProcess:
     )
 
 
+def start_runner(*flags: str, **popen_kwargs) -> subprocess.Popen:
+    """benchmark/run.py FLAGS started in a subprocess from the repository root, its output piped as text."""
+    command = [sys.executable, str(ROOT / "benchmark" / "run.py"), *flags]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, cwd=ROOT, env=env, **pipes | popen_kwargs)
+
+
 def grid_flags(out: Path) -> list[str]:
     return [
         "--variants",

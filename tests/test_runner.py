@@ -17,7 +17,7 @@ import pytest
 import tyro
 import yaml
 from conftest import ROOT
-from grids import SEEDS, SIZES, TOTAL, VARIANTS, grid_flags, read_csv, runner
+from grids import SEEDS, SIZES, TOTAL, VARIANTS, grid_flags, read_csv, runner, start_runner
 from scripts import restore_ctrl_c, wait_for_text
 
 from benchmark import ray_grid, records, run, stats
@@ -136,15 +136,7 @@ def test_ctrl_c_stops_the_workers_and_names_the_unfinished_runs(tmp_path):
     out = tmp_path / "out"
     flags = ["--variants", f"ppo=ppo_continuous.py {SIZES}", "--env-ids", "Hopper-v4", "--seeds", "1", "2"]
     flags += ["--total-timesteps", "10000000", "--workers", "1", "--out", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmark" / "run.py"), *flags],
-        cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=restore_ctrl_c,
-    )
+    proc = start_runner(*flags, preexec_fn=restore_ctrl_c)
     try:
         wait_for_text(out / "ppo" / "Hopper-v4" / "seed1" / "run.log", "SPS=", proc, timeout=300)
         workers = child_pids(proc.pid)
@@ -343,14 +335,7 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_leaves_no_run_behind(tmp_pat
     out = tmp_path / "out"
     flags = ["--variants", f"ppo=ppo_continuous.py {SIZES}", "--env-ids", "Pendulum-v1", "--seeds", "1"]
     flags += ["--total-timesteps", "6144", "--workers", "1", "--backend", "ray", "--out", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmark" / "run.py"), *flags],
-        cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_runner(*flags)
     try:
         deadline = time.monotonic() + 300
         while not (started := {p: parent for p, parent in training_processes().items() if is_ray_worker(parent)}):
@@ -376,9 +361,8 @@ def test_a_grid_killed_mid_run_takes_its_run_along_and_resumes(tmp_path):
     left, and the same command then finishes the grid."""
     out = tmp_path / "out"
     flags = ["--variants", f"ppo=ppo_continuous.py {SIZES}", "--env-ids", "Hopper-v4", "--seeds", "1"]
-    flags += ["--total-timesteps", "16384", "--workers", "1", "--out", str(out)]  # long enough to be killed in
-    command = [sys.executable, str(ROOT / "benchmark" / "run.py"), *flags]
-    proc = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL)
+    flags += ["--total-timesteps", "16384", "--workers", "1", "--out", str(out)]  # it trains for a while
+    proc = start_runner(*flags, stdout=subprocess.DEVNULL)
     try:
         wait_for_text(out / "ppo" / "Hopper-v4" / "seed1" / "run.log", "SPS=", proc, timeout=300)
         [worker] = child_pids(proc.pid)
