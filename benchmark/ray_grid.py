@@ -6,8 +6,18 @@ import shutil
 import socket
 from pathlib import Path
 
-from benchmark.records import EPISODES_CSV, ROOT, fail
-from benchmark.run import Args, Progress, Variant, execute_run, git_commit, grid_jobs, interrupted, tracking_flags
+from benchmark.records import EPISODES_CSV, ROOT, fail, is_disk_full, write_whole
+from benchmark.run import (
+    Args,
+    DiskFull,
+    Progress,
+    Variant,
+    execute_run,
+    git_commit,
+    grid_jobs,
+    interrupted,
+    tracking_flags,
+)
 
 
 def ray_run(variant: Variant, env_id: str, seed: int, total: int, flags: tuple, commit: str, events: bool) -> dict:
@@ -88,14 +98,18 @@ def run_grid_ray(args: Args, variants: list[Variant]) -> int:
                 result = ray.get(ref)
                 if directory.exists():
                     shutil.rmtree(directory)
-                for name, data in result["files"].items():
+                for name, data in sorted(result["files"].items(), key=lambda item: item[0] == "record.json"):
                     (directory / name).parent.mkdir(parents=True, exist_ok=True)
-                    (directory / name).write_bytes(data)
+                    write_whole(directory / name, data)  # each whole, record.json last
                 failed += result["record"]["returncode"] != 0
                 progress.report(f"{variant.name} {env_id} seed {seed}", result["record"], directory)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, OSError) as e:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            if is_disk_full(e):
+                fail(str(DiskFull(directory)))
+            if isinstance(e, OSError):
+                raise
             interrupted(todo)
         return failed
     finally:
